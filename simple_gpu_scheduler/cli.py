@@ -1,0 +1,202 @@
+"""The ``simple_gpu_scheduler`` command line.
+
+Parsing and validation only: a usage error is one line on stderr and exit
+status 2; everything else is handed to the `Scheduler` as a `Config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, NoReturn, Optional, Sequence, Tuple
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EXAMPLES = """\
+examples:
+  # three GPUs, one job each; commands from a file, one per line
+  simple_gpu_scheduler --gpus 0,1,2 < jobs.txt
+
+  # a sweep, generated and run
+  simple_hypersearch "python train.py --lr {lr}" -p lr 1e-2 1e-3 | simple_gpu_scheduler --gpus 0 1
+
+  # a live queue: append commands to gpu.queue at any time
+  touch gpu.queue; tail -f -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
+  echo "python train.py --seed 1 > seed1.log" >> gpu.queue
+
+  # two jobs on each GPU, every job on two GPUs, output tagged per job
+  simple_gpu_scheduler --gpus 0,1,2,3 --jobs-per-gpu 2 --gpus-per-job 2 --tag < jobs.txt
+
+input: one shell command per line, run in input order; blank lines and lines
+starting with # are skipped; a line ending in \\ continues on the next.
+Each job gets CUDA_VISIBLE_DEVICES, SGS_JOB_ID (its number in the input) and
+CUDA_DEVICE_ORDER=PCI_BUS_ID (unless already set), and /dev/null as stdin.
+
+signals: the first Ctrl-C, SIGTERM or SIGHUP drains (running jobs finish,
+queued commands are listed and not started); a second Ctrl-C or SIGTERM
+terminates the running jobs (SIGKILL after --kill-grace); a third kills them.
+SIGUSR1 prints a status table on stderr.
+
+exit status: 0 every command succeeded, 1 some failed or did not start,
+2 usage error, 128+N stopped by signal N (130 for Ctrl-C).
+"""
+
+
+class UsageError(Exception):
+    """A bad command line: one line for the user, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+positive_int.__name__ = "positive integer"
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+seconds.__name__ = "seconds"
+
+
+def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
+    """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
+
+    Ids are kept verbatim (UUIDs and MIG ids work); an empty or repeated id is
+    an error, because it always means a typo.
+    """
+    ids: List[str] = []
+    for value in values:
+        for part in value.split(","):
+            gpu_id = part.strip()
+            if not gpu_id:
+                raise UsageError(f"--gpus: empty GPU id in {value!r}")
+            if gpu_id in ids:
+                raise UsageError(f"--gpus: GPU id {gpu_id} is given twice")
+            ids.append(gpu_id)
+    return tuple(ids)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="simple_gpu_scheduler",
+        description="Run shell commands from stdin on GPUs, one job per free GPU slot.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--gpus", nargs="+", metavar="ID",
+        help="GPU ids to use, comma- or space-separated (ids, UUIDs or MIG ids, "
+        "passed verbatim in CUDA_VISIBLE_DEVICES)",
+    )
+    parser.add_argument(
+        "--jobs-per-gpu", type=positive_int, default=1, metavar="K",
+        help="jobs that may share one GPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gpus-per-job", type=positive_int, default=1, metavar="N",
+        help="distinct GPUs each job gets (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shell", metavar="PATH",
+        help="shell that runs each command as PATH -c COMMAND "
+        "(default: $SHELL, else your login shell, else /bin/sh)",
+    )
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument(
+        "--tag", action="store_true",
+        help="prefix every line a job prints with [<job id>|gpu <ids>]",
+    )
+    out.add_argument(
+        "--log-dir", type=Path, metavar="DIR",
+        help="write each job's output to DIR/<job id>.out and .err (DIR is created)",
+    )
+    parser.add_argument(
+        "--kill-grace", type=seconds, default=10.0, metavar="SECONDS",
+        help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
+    )
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print only failures, warnings and signal notices")
+    talk.add_argument("-v", "--verbose", action="store_true", help="print more detail")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        _say(f"simple_gpu_scheduler: error: {exc} (see --help)")
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        return 130
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.gpus:
+        raise UsageError("--gpus is required, e.g. --gpus 0,1")
+    gpus = parse_gpu_ids(args.gpus)
+    if args.gpus_per_job > len(gpus):
+        raise UsageError(
+            f"--gpus-per-job {args.gpus_per_job} is more than the {len(gpus)} GPU(s) given")
+
+    # Imported here, after parsing, so `--help` and usage errors stay fast.
+    from .output import Console, LogDir, Passthrough, Tagged
+    from .scheduler import Config, Scheduler
+
+    if args.log_dir is not None:
+        try:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--log-dir: cannot create {args.log_dir}: {exc.strerror}") from None
+        output = LogDir(args.log_dir)
+    elif args.tag:
+        output = Tagged()
+    else:
+        output = Passthrough()
+
+    console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    config = Config(
+        gpus=gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        gpus_per_job=args.gpus_per_job,
+        shell=args.shell,
+        kill_grace=args.kill_grace,
+        output=output,
+    )
+    if sys.stdin is not None and sys.stdin.isatty():
+        console.line("reading commands from the terminal, one per line; end with Ctrl-D")
+    return Scheduler(config, console).run()
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

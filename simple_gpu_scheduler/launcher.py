@@ -1,0 +1,187 @@
+"""Starting a job's command on given GPUs, and learning how it ended.
+
+This is the one place that creates processes. The interface is small on
+purpose, so that a launcher for other machines (a Ray cluster) can stand in
+for `LocalLauncher` later:
+
+- ``start(job, gpus) -> Execution`` starts the command or raises `LaunchError`
+  with a one-line reason;
+- when the command's process ends, the launcher calls ``on_exit(execution)``
+  from a helper thread; the scheduling loop then calls ``execution.collect()``
+  for the `Outcome`;
+- ``execution.signal(sig)`` signals the job's whole process tree.
+
+Every job runs in a session of its own (``setsid``): Ctrl-C in the terminal
+reaches the scheduler only, and a signal to the job's process group reaches
+its grandchildren too. stdin is ``/dev/null`` so a job can never read the
+scheduler's queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, List, Mapping, Optional, Tuple
+
+from .jobs import Job, Killed, Exited, outcome_from_returncode
+from .output import OutputMode, Passthrough, close_streams
+
+
+class LaunchError(Exception):
+    """The command could not be started; the message says why in one line."""
+
+
+def default_shell() -> str:
+    """The user's login shell: ``$SHELL``, else the passwd entry, else ``/bin/sh``."""
+    shell = os.environ.get("SHELL")
+    if shell:
+        return shell
+    try:
+        entry = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        entry = ""
+    return entry or "/bin/sh"
+
+
+def job_environment(
+    base: Mapping[str, str], job: Job, gpus: Tuple[str, ...]
+) -> dict:
+    """The environment a job runs with: ours, the job's own, and the GPU variables."""
+    env = dict(base)
+    env.update(job.env)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    env["SGS_JOB_ID"] = str(job.id)
+    # Without this CUDA numbers GPUs fastest-first, so `--gpus 1` would not be
+    # the GPU that nvidia-smi and NVML call 1. A user's own choice wins.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    return env
+
+
+class Execution:
+    """One running attempt of a job."""
+
+    def __init__(
+        self, job: Job, gpus: Tuple[str, ...], proc: subprocess.Popen,
+        pumps: List[threading.Thread],
+    ) -> None:
+        self.job = job
+        self.gpus = gpus
+        self.proc = proc
+        self.pid = proc.pid
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.ended: Optional[float] = None
+        self._pumps = pumps
+        self._reaped = False
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the job's whole process group; gone is not an error."""
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def group_alive(self) -> bool:
+        """Whether any process of the job's group is still there."""
+        try:
+            os.killpg(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def collect(self) -> Exited | Killed:
+        """Reap the exited shell and return how it ended (call after ``on_exit``)."""
+        returncode = self.proc.wait()
+        self._reaped = True
+        if self.ended is None:
+            self.ended = time.monotonic()
+        return outcome_from_returncode(returncode)
+
+    @property
+    def runtime(self) -> float:
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
+
+    def _wait_for_exit(self, on_exit: Callable[["Execution"], None]) -> None:
+        # WNOWAIT leaves the process a zombie: its pid, and so its process
+        # group id, cannot be reused until the scheduling loop reaps it in
+        # `collect`, so a signal sent before that can never hit a stranger.
+        while True:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                break
+            except ChildProcessError:
+                break
+        self.ended = time.monotonic()
+        # Let the copies of the job's output finish, so its last lines come
+        # before the scheduler's "finished" line. Something the job left
+        # running may hold the pipe open: do not wait for that.
+        for pump in self._pumps:
+            pump.join(0.5)
+        on_exit(self)
+
+
+class LocalLauncher:
+    """Runs jobs as ``SHELL -c COMMAND`` on this machine."""
+
+    def __init__(
+        self, on_exit: Callable[[Execution], None], shell: Optional[str] = None,
+        output: Optional[OutputMode] = None, base_env: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self._on_exit = on_exit
+        self.shell = shell or default_shell()
+        self._output = output or Passthrough()
+        self._base_env = dict(os.environ if base_env is None else base_env)
+
+    def start(self, job: Job, gpus: Tuple[str, ...]) -> Execution:
+        if job.invalid:
+            raise LaunchError(job.invalid)
+        try:
+            streams = self._output.streams(job.id, gpus, job.attempts)
+        except OSError as exc:
+            raise LaunchError(f"cannot open its log file: {exc.strerror}: {exc.filename}") from None
+        try:
+            proc = subprocess.Popen(
+                [self.shell, "-c", job.command],
+                stdin=subprocess.DEVNULL,
+                stdout=streams[0],
+                stderr=streams[1],
+                env=job_environment(self._base_env, job, gpus),
+                cwd=job.cwd,
+                start_new_session=True,
+            )
+        except ValueError as exc:  # "embedded null byte"
+            raise LaunchError(f"invalid command: {exc}") from None
+        except OSError as exc:
+            raise LaunchError(self._describe(exc, job)) from None
+        finally:
+            close_streams(streams)
+        pumps = self._output.after_start(proc.stdout, proc.stderr, job.id, gpus)
+        execution = Execution(job, gpus, proc, pumps)
+        threading.Thread(
+            target=execution._wait_for_exit, args=(self._on_exit,), daemon=True,
+            name=f"wait-{job.id}",
+        ).start()
+        return execution
+
+    def _describe(self, exc: OSError, job: Job) -> str:
+        if exc.errno == errno.E2BIG:
+            return (f"the command ({len(job.command)} bytes) and environment are "
+                    "longer than the kernel allows (E2BIG)")
+        if exc.errno == errno.ENOENT and exc.filename == job.cwd and job.cwd:
+            return f"working directory {job.cwd} does not exist"
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC):
+            return f"cannot run the shell {self.shell}: {exc.strerror}"
+        return f"{exc.strerror or exc}"
+
+
+def send_group(pgid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal a process group that may already be gone."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,155 @@
+"""Where bytes go: the scheduler's own lines and the jobs' output.
+
+The scheduler's lines go to stderr; job output is the pipeline's data and goes
+to stdout/stderr untouched (passthrough), line by line with a prefix (tag), or
+to one file per job and stream (log dir). Every write here is one
+``os.write`` loop under one lock, so lines of concurrent jobs and the
+scheduler's lines are never mixed inside a line, and a closed downstream or a
+hung-up terminal (EPIPE, EIO) silences that stream instead of raising.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import IO, Callable, Dict, List, Optional, Tuple
+
+#: One lock for every writer of fds 1 and 2, so that lines never interleave.
+_write_lock = threading.Lock()
+_broken: Dict[int, bool] = {}
+
+
+def write_fd(fd: int, data: bytes) -> bool:
+    """Write all of `data` to `fd`; False (and quiet from then on) if it is gone."""
+    with _write_lock:
+        if _broken.get(fd):
+            return False
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError:
+            # EPIPE (`| head` has exited), EIO (terminal hung up), EBADF:
+            # nobody reads this stream any more, which must not stop the run.
+            _broken[fd] = True
+            return False
+    return True
+
+
+class Console:
+    """The scheduler's own messages, one line each, on stderr."""
+
+    PREFIX = "[sgs] "
+
+    def __init__(self, verbosity: int = 0, fd: int = 2) -> None:
+        self.verbosity = verbosity  # -1 quiet, 0 normal, 1 verbose
+        self._fd = fd
+
+    def line(self, text: str) -> None:
+        """Always shown: failures, warnings, drain notices, the status table."""
+        write_fd(self._fd, (self.PREFIX + text + "\n").encode("utf-8", "backslashreplace"))
+
+    def info(self, text: str) -> None:
+        """Per-job progress, hidden by ``--quiet``."""
+        if self.verbosity >= 0:
+            self.line(text)
+
+    def debug(self, text: str) -> None:
+        """Details for ``--verbose``."""
+        if self.verbosity >= 1:
+            self.line(text)
+
+
+class TagPump(threading.Thread):
+    """Copy one job stream to `fd` line by line, each line with a prefix."""
+
+    def __init__(self, source: IO[bytes], fd: int, prefix: bytes) -> None:
+        super().__init__(daemon=True, name=f"tag-{fd}")
+        self._source = source
+        self._fd = fd
+        self._prefix = prefix
+
+    def run(self) -> None:
+        with self._source:
+            for line in self._source:
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                # Once the downstream is gone we keep reading, so the job
+                # never blocks on a full pipe; what it prints is dropped.
+                write_fd(self._fd, self._prefix + line)
+
+
+#: What `Popen` gets for a job's stdout and stderr (None: inherit ours).
+Streams = Tuple[Optional[object], Optional[object]]
+
+
+class OutputMode:
+    """How job output is routed; one instance per run."""
+
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
+        """The stdout and stderr for a job's process."""
+        return None, None
+
+    def after_start(
+        self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
+        job_id: int, gpus: Tuple[str, ...],
+    ) -> List[threading.Thread]:
+        """Close our copies and start whatever copies the output; returns threads to join."""
+        return []
+
+
+class Passthrough(OutputMode):
+    """Jobs write straight to our stdout and stderr: no copy, no cost."""
+
+
+class Tagged(OutputMode):
+    """Every line a job prints gets ``[<job id>|gpu <ids>] `` in front."""
+
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
+        import subprocess
+
+        return subprocess.PIPE, subprocess.PIPE
+
+    def after_start(
+        self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
+        job_id: int, gpus: Tuple[str, ...],
+    ) -> List[threading.Thread]:
+        prefix = tag_prefix(job_id, gpus)
+        pumps: List[threading.Thread] = []
+        for source, fd in ((proc_stdout, 1), (proc_stderr, 2)):
+            if source is not None:
+                pump = TagPump(source, fd, prefix)
+                pump.start()
+                pumps.append(pump)
+        return pumps
+
+
+def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
+    return f"[{job_id}|gpu {','.join(gpus)}] ".encode("utf-8", "backslashreplace")
+
+
+class LogDir(OutputMode):
+    """Each job writes ``DIR/<id>.out`` and ``DIR/<id>.err``; retries append."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
+        mode = "wb" if attempt <= 1 else "ab"
+        out = open(self.directory / f"{job_id}.out", mode)
+        try:
+            err = open(self.directory / f"{job_id}.err", mode)
+        except OSError:
+            out.close()
+            raise
+        return out, err
+
+
+def close_streams(streams: Streams) -> None:
+    """Close the files `LogDir.streams` opened, once the child has its copies."""
+    for stream in streams:
+        close: Optional[Callable[[], None]] = getattr(stream, "close", None)
+        if close is not None:
+            close()
