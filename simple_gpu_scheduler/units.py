@@ -1,0 +1,57 @@
+"""Parsing the durations and sizes users type: ``90``, ``15m``, ``12GiB``.
+
+Pure functions; each raises `ValueError` with a message that names the
+problem, which the CLI turns into a one-line usage error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+    "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``30s``, ``15m``, ``2h``, ``1d`` or ``1.5h``; must be > 0."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"invalid duration {text!r}: use a number with an optional unit s, m, h or d, "
+            "e.g. 90, 30s, 15m, 2h, 1d")
+    value = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if value <= 0 or math.isinf(value):
+        raise ValueError(f"invalid duration {text!r}: must be more than 0")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``500MiB``, ``12GiB``, ``16GB``, ``1.5G`` or a plain byte count.
+
+    ``K``/``M``/``G``/``T`` and ``KB``... are powers of 1000; ``KiB``... powers of 1024,
+    as nvidia-smi prints them.
+    """
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(
+            f"invalid size {text!r}: use a number with an optional unit, "
+            "e.g. 500MiB, 12GiB, 16GB or a byte count")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_size(size: float) -> str:
+    """``12.0GiB``, ``500MiB``, ``100B``: binary units, as GPU memory is usually shown."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}"
+    return f"{int(size)}B"
