@@ -1,19 +1,17 @@
 """``simple_hypersearch``: print one shell command per point of a hyperparameter grid.
 
-Compatible with 0.1.4 (same options, grid order, one flushed line per command). Decisions:
+Compatible with 0.1.4 (options, grid order, one flushed line per command). Decisions:
 
-* Only ``{NAME}`` for a declared ``-p NAME`` is replaced (even inside ``${NAME}``); other braces
-  stay as typed (``awk '{print $1}'``, ``${HOME}``, ``{}``) and ``{{`` is no longer an escape.
-  An undeclared ``{identifier}`` not after ``$`` is taken for a typo and rejected (exit 2), so
-  write ``awk '{ print }'`` rather than ``awk '{print}'``. Values go in ``shlex.quote``-d.
-* A pattern with no placeholders and no ``-p`` is a one-point grid: printed once.
-* Shuffling uses a local ``random.Random(--seed)``: an exact shuffle up to 2**20 points, a keyed
-  Feistel permutation of the index space above (memory-bounded). ``--n-samples N`` prints the
-  first N lines of that same order (prefix-consistent); N above the grid size prints the whole
-  grid with a note on stderr.
+* Only ``{NAME}`` of a declared ``-p NAME`` is replaced (even in ``${NAME}``), by the
+  ``shlex.quote``-d value; other braces stay as typed (``awk '{print $1}'``, ``${HOME}``, ``{}``;
+  ``{{`` is no escape). An undeclared ``{identifier}`` not after ``$`` is rejected as a typo.
+* No placeholders and no ``-p``: a one-point grid, so the pattern is printed once.
+* Shuffling uses a local ``random.Random(--seed)``: exactly 0.1.4's shuffle up to 2**20 points
+  (same seed, same order), a keyed Feistel permutation above. ``--n-samples N`` prints the
+  first N of that order; N over the grid size prints the whole grid plus a note on stderr.
 * A closed stdout (``| head -1``) ends the run quietly with exit status 141 (128 + SIGPIPE).
-* ``--jsonl`` prints ``{"cmd": ..., "name": "lr=0.001,bs=32"}``; without parameters the
-  ``name`` key is left out so the scheduler names the job itself.
+* ``--jsonl`` prints ``{"cmd": ..., "name": "lr=0.001,bs=32"}``; with no parameters ``name``
+  is left out, so the scheduler names the job itself.
 """
 
 from __future__ import annotations
@@ -130,7 +128,7 @@ def feistel_order(total: int, key: bytes) -> Iterator[int]:
 
 def shuffled_order(total: int, rng: random.Random) -> Iterator[int]:
     """range(total) in an order fixed by ``rng``: exact shuffle when small, Feistel when huge."""
-    if total <= SHUFFLE_LIMIT:
+    if total <= SHUFFLE_LIMIT:  # the very calls 0.1.4 made, so its seeded orders are kept
         order = list(range(total))
         rng.shuffle(order)
         return iter(order)
