@@ -7,9 +7,14 @@ status 2; everything else is handed to the `Scheduler` as a `Config`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, NoReturn, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .joblog import JobLogWriter, ResumeFilter
+    from .output import Console
 
 from . import __version__
 
@@ -138,12 +143,97 @@ def build_parser() -> Parser:
         "--kill-grace", type=seconds, default=10.0, metavar="SECONDS",
         help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
     )
+    add_run_options(parser)
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true",
                       help="print only failures, warnings and signal notices")
     talk.add_argument("-v", "--verbose", action="store_true", help="print more detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+non_negative_int.__name__ = "non-negative integer"
+
+
+def duration(text: str) -> float:
+    from .units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+duration.__name__ = "duration"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options that bound, retry, log and show the run."""
+    group = parser.add_argument_group("job log, resume, timeouts and retries")
+    group.add_argument(
+        "--joblog", metavar="FILE",
+        help="append one row per finished attempt to FILE (GNU parallel's --joblog "
+        "columns; Host is the GPU ids)",
+    )
+    resume = group.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true",
+        help="skip input commands that already have a row in the --joblog FILE",
+    )
+    resume.add_argument(
+        "--resume-failed", action="store_true",
+        help="skip input commands that already succeeded in the --joblog FILE; "
+        "run failed and missing ones",
+    )
+    group.add_argument(
+        "--timeout", type=duration, metavar="DURATION",
+        help="end an attempt after DURATION (90, 30s, 15m, 2h, 1d): SIGTERM to its "
+        "process group, SIGKILL after --kill-grace; it counts as failed",
+    )
+    group.add_argument(
+        "--retries", type=non_negative_int, default=0, metavar="N",
+        help="run a failed job up to N more times, on the first free GPU (default: %(default)s)",
+    )
+    group.add_argument(
+        "--halt-on-failure", choices=("soon", "now"), metavar="soon|now",
+        help="after a job has failed for good: soon = start nothing new and let running "
+        "jobs finish; now = terminate running jobs too",
+    )
+    group.add_argument(
+        "--progress", action="store_true",
+        help="show a status line on stderr (redrawn on a terminal, a plain line every "
+        "few seconds otherwise)",
+    )
+
+
+def open_joblog(
+    path: str, resume: bool, resume_failed: bool, console: Console
+) -> Tuple[JobLogWriter, Optional[ResumeFilter]]:
+    """Validate FILE before anything runs; returns (writer, resume filter or None)."""
+    from .joblog import JobLogError, JobLogWriter, ResumeFilter, read_joblog
+
+    try:
+        rows, warning, keep = read_joblog(path)
+    except JobLogError as exc:
+        raise UsageError(f"--joblog {path}: not a job log: {exc}; left untouched") from None
+    if warning:
+        console.line(f"--joblog {path}: {warning}")
+    try:
+        writer = JobLogWriter(path, keep)
+    except OSError as exc:
+        raise UsageError(f"--joblog {path}: cannot write: {exc.strerror}") from None
+    resume_filter = ResumeFilter(rows, failed_too=resume_failed) if (resume or resume_failed) else None
+    return writer, resume_filter
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -165,6 +255,10 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError(
             f"--gpus-per-job {args.gpus_per_job} is more than the {len(gpus)} GPU(s) given")
 
+    if (args.resume or args.resume_failed) and not args.joblog:
+        flag = "--resume" if args.resume else "--resume-failed"
+        raise UsageError(f"{flag} needs --joblog FILE to know what is done")
+
     # Imported here, after parsing, so `--help` and usage errors stay fast.
     from .output import Console, LogDir, Passthrough, Tagged
     from .scheduler import Config, Scheduler
@@ -175,12 +269,24 @@ def _main(argv: Optional[List[str]]) -> int:
         except OSError as exc:
             raise UsageError(f"--log-dir: cannot create {args.log_dir}: {exc.strerror}") from None
         output = LogDir(args.log_dir)
-    elif args.tag:
-        output = Tagged()
+    elif args.tag or args.progress:
+        # --progress redraws a line on the terminal: job output must come
+        # through our line-wise writer so that it never tears a line.
+        output = Tagged(prefix=args.tag)
     else:
         output = Passthrough()
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    joblog = resume_filter = resume_hint = progress = None
+    if args.joblog:
+        joblog, resume_filter = open_joblog(args.joblog, args.resume, args.resume_failed, console)
+        from .progress import resume_command
+
+        resume_hint = resume_command(sys.argv[1:] if argv is None else argv)
+    if args.progress:
+        from .progress import ProgressLine
+
+        progress = ProgressLine(tty=os.isatty(2))
     config = Config(
         gpus=gpus,
         jobs_per_gpu=args.jobs_per_gpu,
@@ -188,6 +294,13 @@ def _main(argv: Optional[List[str]]) -> int:
         shell=args.shell,
         kill_grace=args.kill_grace,
         output=output,
+        timeout=args.timeout,
+        retries=args.retries,
+        halt=args.halt_on_failure,
+        joblog=joblog,
+        resume=resume_filter,
+        progress=progress,
+        resume_hint=resume_hint,
     )
     if sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")

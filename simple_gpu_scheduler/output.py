@@ -18,24 +18,46 @@ from typing import IO, Callable, Dict, List, Optional, Tuple
 #: One lock for every writer of fds 1 and 2, so that lines never interleave.
 _write_lock = threading.Lock()
 _broken: Dict[int, bool] = {}
+#: The ``--progress`` line on a terminal: (fd, text), taken away before every
+#: other write and drawn again after it.
+_status: Optional[Tuple[int, bytes]] = None
+
+_ERASE = b"\r\x1b[K"
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    if _broken.get(fd):
+        return False
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        # EPIPE (`| head` has exited), EIO (terminal hung up), EBADF:
+        # nobody reads this stream any more, which must not stop the run.
+        _broken[fd] = True
+        return False
+    return True
 
 
 def write_fd(fd: int, data: bytes) -> bool:
     """Write all of `data` to `fd`; False (and quiet from then on) if it is gone."""
     with _write_lock:
-        if _broken.get(fd):
-            return False
-        view = memoryview(data)
-        try:
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        except OSError:
-            # EPIPE (`| head` has exited), EIO (terminal hung up), EBADF:
-            # nobody reads this stream any more, which must not stop the run.
-            _broken[fd] = True
-            return False
-    return True
+        if _status is None:
+            return _write_all(fd, data)
+        status_fd, text = _status
+        _write_all(status_fd, _ERASE)
+        done = _write_all(fd, data)
+        _write_all(status_fd, text)
+        return done
+
+
+def set_status_line(fd: int, text: Optional[bytes]) -> None:
+    """Draw `text` as the status line on terminal `fd`, or remove it (None)."""
+    global _status
+    with _write_lock:
+        _write_all(fd, _ERASE + (text or b""))
+        _status = None if text is None else (fd, text)
 
 
 class Console:
@@ -105,7 +127,11 @@ class Passthrough(OutputMode):
 
 
 class Tagged(OutputMode):
-    """Every line a job prints gets ``[<job id>|gpu <ids>] `` in front."""
+    """Job output copied line by line; each line gets ``[<job id>|gpu <ids>] `` in
+    front when `prefix` is set (``--tag``), or nothing (``--progress`` alone)."""
+
+    def __init__(self, prefix: bool = True) -> None:
+        self.prefix = prefix
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
         import subprocess
@@ -116,7 +142,7 @@ class Tagged(OutputMode):
         self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
         job_id: int, gpus: Tuple[str, ...],
     ) -> List[threading.Thread]:
-        prefix = tag_prefix(job_id, gpus)
+        prefix = tag_prefix(job_id, gpus) if self.prefix else b""
         pumps: List[threading.Thread] = []
         for source, fd in ((proc_stdout, 1), (proc_stderr, 2)):
             if source is not None:

@@ -26,14 +26,19 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .inputs import RawCommand
-from .jobs import FailedToStart, Job, NotStarted, Outcome, format_duration, gpu_label, signal_name
+from .jobs import (
+    FailedToStart, Job, NotStarted, Outcome, TimedOut, exit_and_signal, format_duration,
+    gpu_label, signal_name,
+)
+from .joblog import JobLogWriter, ResumeFilter, Row
 from .launcher import Execution, LaunchError, LocalLauncher, send_group
 from .output import Console, OutputMode, Passthrough
 from .placement import GpuPool
+from .progress import ProgressLine, summary_lines
 from .reader import InputEnded, JobRead, Reader
 from .state import RunState, status_table
 
@@ -60,20 +65,49 @@ class Config:
     gpus_per_job: int = 1
     shell: Optional[str] = None
     kill_grace: float = 10.0
-    output: OutputMode = Passthrough()
+    output: OutputMode = field(default_factory=Passthrough)
+    #: Seconds an attempt may run, and extra attempts for a failed job.
+    timeout: Optional[float] = None
+    retries: int = 0
+    #: None, "soon" (drain) or "now" (terminate) after the first final failure.
+    halt: Optional[str] = None
+    joblog: Optional[JobLogWriter] = None
+    resume: Optional[ResumeFilter] = None
+    progress: Optional[ProgressLine] = None
+    #: The command line that resumes this run, for the summary.
+    resume_hint: Optional[str] = None
+
+
+class Timer:
+    """A pending action; `cancel` makes it a no-op and lets the loop forget it."""
+
+    __slots__ = ("deadline", "action", "cancelled")
+
+    def __init__(self, deadline: float, action: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.action = action
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class Timers:
     """Deadlines on the monotonic clock; the loop sleeps until the earliest."""
 
     def __init__(self) -> None:
-        self._heap: List[Tuple[float, int, Callable[[], None]]] = []
+        self._heap: List[Tuple[float, int, Timer]] = []
         self._seq = itertools.count()
 
-    def at(self, deadline: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (deadline, next(self._seq), action))
+    def at(self, deadline: float, action: Callable[[], None]) -> Timer:
+        timer = Timer(deadline, action)
+        heapq.heappush(self._heap, (deadline, next(self._seq), timer))
+        return timer
 
     def timeout(self) -> Optional[float]:
+        """Seconds until the next live deadline, or None (block) when there is none."""
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
         if not self._heap:
             return None
         return max(0.0, self._heap[0][0] - time.monotonic())
@@ -81,8 +115,9 @@ class Timers:
     def fire(self) -> None:
         now = time.monotonic()
         while self._heap and self._heap[0][0] <= now:
-            _, _, action = heapq.heappop(self._heap)
-            action()
+            _, _, timer = heapq.heappop(self._heap)
+            if not timer.cancelled:
+                timer.action()
 
 
 class Scheduler:
@@ -102,17 +137,25 @@ class Scheduler:
         )
         self.timers = Timers()
         self.executions: Dict[int, Execution] = {}
+        #: job id -> its timeout timer, cancelled when the attempt ends in time
+        self.deadlines: Dict[int, Timer] = {}
+        #: job ids of attempts ended by their timeout
+        self.timed_out: Dict[int, float] = {}
         #: process groups of ended jobs that left processes behind -> kill deadline
         self.lingering: Dict[int, float] = {}
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
         self.input_error = False
+        self.ticker: Optional[Timer] = None
 
     # --- building jobs --------------------------------------------------------
 
     def make_job(self, seq: int, raw: RawCommand) -> Job:
         """A plain-text line becomes a job with the command-line defaults."""
-        return Job(id=seq, command=raw.text, gpus=self.config.gpus_per_job, invalid=raw.invalid)
+        return Job(
+            id=seq, command=raw.text, gpus=self.config.gpus_per_job, invalid=raw.invalid,
+            timeout=self.config.timeout, retries=self.config.retries,
+        )
 
     # --- the loop -------------------------------------------------------------
 
@@ -129,12 +172,17 @@ class Scheduler:
                     self._handle(event)
                 self.timers.fire()
                 self._dispatch()
+                if self.config.progress is not None:
+                    self._show_progress()
         finally:
             # Whatever ended jobs left behind does not outlive the scheduler.
             for pgid in self.lingering:
                 send_group(pgid, signal.SIGKILL)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.config.progress is not None:
+                self.config.progress.close()
+        self._summary()
         return self.exit_status()
 
     def _record_signal(self, signum: int, frame: object) -> None:
@@ -158,12 +206,7 @@ class Scheduler:
         if isinstance(event, JobExited):
             self._job_exited(event.execution)
         elif isinstance(event, JobRead):
-            if self.stop_level:
-                # Read just before the stop: reported, never silently lost.
-                # No permit goes back, so the reader consumes nothing more.
-                self._not_started(event.job)
-            else:
-                self.state.pending.append(event.job)
+            self._job_read(event.job)
         elif isinstance(event, InputEnded):
             self.state.input_open = False
             if event.error:
@@ -171,6 +214,18 @@ class Scheduler:
                 self.console.line(event.error)
         elif isinstance(event, SignalReceived):
             self._signal(event.signum)
+
+    def _job_read(self, job: Job) -> None:
+        if self.stop_level:
+            # Read just before the stop: reported, never silently lost.
+            # No permit goes back, so the reader consumes nothing more.
+            self._not_started(job)
+        elif self.config.resume is not None and self.config.resume.skip(job.command):
+            self.reader.job_taken()
+            self.state.skipped += 1
+            self.console.debug(f"job {job.id} skipped: already in the job log: {job.text(200)}")
+        else:
+            self.state.pending.append(job)
 
     def _dispatch(self) -> None:
         """Start queued jobs, first in first out, while their GPUs are free."""
@@ -180,16 +235,21 @@ class Scheduler:
             impossible = self.pool.impossible(job)
             if job.invalid or impossible:
                 pending.popleft()
-                self.reader.job_taken()
+                self._taken(job)
                 reason = job.invalid or f"it can never run here: {impossible}"
-                self._finished(job, (), FailedToStart(reason), 0.0)
+                self._ended(job, (), FailedToStart(reason), time.time(), 0.0, final=True)
                 continue
             gpus = self.pool.place(job)
             if gpus is None:
                 return
             pending.popleft()
-            self.reader.job_taken()
+            self._taken(job)
             self._start(job, gpus)
+
+    def _taken(self, job: Job) -> None:
+        """A job left the queue: the reader may read one more, unless this was a retry."""
+        if job.attempts == 0:
+            self.reader.job_taken()
 
     def _start(self, job: Job, gpus: Tuple[str, ...]) -> None:
         job.attempts += 1
@@ -198,21 +258,46 @@ class Scheduler:
             execution = self.launcher.start(job, gpus)
         except LaunchError as exc:
             self.pool.release(gpus)
-            self._finished(job, gpus, FailedToStart(str(exc)), 0.0)
+            self._ended(job, gpus, FailedToStart(str(exc)), time.time(), 0.0)
             return
         self.executions[job.id] = execution
         self.state.job_started(job, gpus, execution.started)
-        self.console.info(f"job {job.id} started on {gpu_label(gpus)}: {job.text(200)}")
+        if job.timeout is not None:
+            self.deadlines[job.id] = self.timers.at(
+                execution.started + job.timeout, lambda: self._time_out(execution))
+        attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
+        self.console.info(f"job {job.id} started on {gpu_label(gpus)}{attempt}: {job.text(200)}")
+
+    def _time_out(self, execution: Execution) -> None:
+        job = execution.job
+        if self.executions.get(job.id) is not execution:
+            return
+        self.deadlines.pop(job.id, None)
+        self.timed_out[job.id] = job.timeout or 0.0
+        self.console.debug(f"job {job.id} reached its timeout; terminating it")
+        execution.signal(signal.SIGTERM)
+
+        def kill() -> None:
+            if self.executions.get(job.id) is execution:
+                execution.signal(signal.SIGKILL)
+
+        self.timers.at(time.monotonic() + self.config.kill_grace, kill)
 
     def _job_exited(self, execution: Execution) -> None:
-        outcome = execution.collect()
+        outcome: Outcome = execution.collect()
         job = execution.job
         self.pool.release(execution.gpus)
         del self.executions[job.id]
+        deadline = self.deadlines.pop(job.id, None)
+        if deadline is not None:
+            deadline.cancel()
+        if job.id in self.timed_out:
+            seconds = self.timed_out.pop(job.id)
+            outcome = TimedOut(seconds, getattr(outcome, "signal", signal.SIGTERM))
         self.state.job_ended(job)
         if execution.group_alive():
             self._linger(execution)
-        self._finished(job, execution.gpus, outcome, execution.runtime)
+        self._ended(job, execution.gpus, outcome, execution.started_wall, execution.runtime)
 
     def _linger(self, execution: Execution) -> None:
         """The job's shell is gone but it left processes behind: end them too,
@@ -232,56 +317,85 @@ class Scheduler:
 
         self.timers.at(deadline, kill)
 
-    def _finished(self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, runtime: float) -> None:
+    def _ended(
+        self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, started_wall: float,
+        runtime: float, final: bool = False,
+    ) -> None:
+        """One attempt ended: log it, then retry, or count the job as done."""
+        if self.config.joblog is not None:
+            exitval, signum = exit_and_signal(outcome)
+            self.config.joblog.write(Row(
+                seq=job.id, host="gpu:" + ",".join(gpus), start=started_wall,
+                runtime=runtime, exitval=exitval, signal=signum, command=job.command))
+        retry = (not outcome.ok and not final and not self.stop_level
+                 and job.attempts <= job.retries)
+        self._report(job, gpus, outcome, runtime, retry)
+        if retry:
+            self.state.pending.appendleft(job)  # the next free GPU is its
+            return
         self.state.record(job, outcome)
+        if not outcome.ok and self.config.halt is not None:
+            level = DRAIN if self.config.halt == "soon" else TERMINATE
+            self._escalate(level, f"job {job.id} failed and --halt-on-failure is {self.config.halt}")
+
+    def _report(
+        self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, runtime: float, retry: bool
+    ) -> None:
         where = f" on {gpu_label(gpus)}" if gpus else ""
         if outcome.ok:
             self.console.info(
-                f"job {job.id} finished{where} after {format_duration(runtime)}: {outcome.describe()}")
-        elif isinstance(outcome, FailedToStart):
-            self.console.line(f"job {job.id} failed: {outcome.describe()}: {job.text(200)}")
-        else:
-            self.console.line(
-                f"job {job.id} failed{where} after {format_duration(runtime)}: "
-                f"{outcome.describe()}: {job.text(200)}")
+                f"job {job.id} finished{where} after {format_duration(runtime)}: "
+                f"{outcome.describe()}")
+            return
+        after = "" if isinstance(outcome, FailedToStart) else f" after {format_duration(runtime)}"
+        again = f" (will retry: attempt {job.attempts + 1} of {job.retries + 1})" if retry else ""
+        self.console.line(
+            f"job {job.id} failed{where}{after}: {outcome.describe()}{again}: {job.text(200)}")
 
     def _not_started(self, job: Job) -> None:
         self.state.record(job, NotStarted())
         self.console.line(f"not started: job {job.id}: {job.text()}")
 
-    # --- signals --------------------------------------------------------------
+    # --- stopping -------------------------------------------------------------
 
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGUSR1:
             for line in status_table(self.state.snapshot()):
                 self.console.line(line)
             return
-        name = signal_name(signum)
         if signum == signal.SIGHUP and self.stop_level:
             return  # a hang-up only ever drains; escalation is Ctrl-C or SIGTERM
-        self.stop_level = min(self.stop_level + 1, KILL)
-        if self.stop_level == DRAIN:
+        if self.stop_signal is None:
             self.stop_signal = signum
-            self._drain(name)
-        elif self.stop_level == TERMINATE:
-            self.console.line(
-                f"{name} received again: terminating {len(self.executions)} running job(s) "
-                f"(SIGKILL after {self.config.kill_grace:g}s; once more to kill now)")
-            for execution in self.executions.values():
-                execution.signal(signal.SIGTERM)
-            self.timers.at(time.monotonic() + self.config.kill_grace, self._kill_all)
-        else:
-            self.console.line(f"{name} received a third time: killing every job now")
-            self._kill_all()
+        name = signal_name(signum)
+        level = min(self.stop_level + 1, KILL)
+        self._escalate(level, f"{name} received" if level == DRAIN else f"{name} received again")
 
-    def _drain(self, name: str) -> None:
+    def _escalate(self, level: int, why: str) -> None:
+        """Stop the run: drain, then terminate, then kill; each level once."""
+        while self.stop_level < level:
+            self.stop_level += 1
+            if self.stop_level == DRAIN:
+                self._drain(why)
+            elif self.stop_level == TERMINATE:
+                self.console.line(
+                    f"{why}: terminating {len(self.executions)} running job(s) "
+                    f"(SIGKILL after {self.config.kill_grace:g}s; "
+                    "Ctrl-C or SIGTERM once more kills them now)")
+                for execution in self.executions.values():
+                    execution.signal(signal.SIGTERM)
+                self.timers.at(time.monotonic() + self.config.kill_grace, self._kill_all)
+            else:
+                self.console.line(f"{why}: killing every job now")
+                self._kill_all()
+
+    def _drain(self, why: str) -> None:
         pending = list(self.state.pending)
         self.state.pending.clear()
-        running = len(self.executions)
         self.console.line(
-            f"{name} received: draining; {running} running job(s) will finish, "
+            f"{why}: draining; {len(self.executions)} running job(s) will finish, "
             f"{len(pending)} queued command(s) will not start "
-            f"(Ctrl-C or SIGTERM again terminates the running jobs)")
+            "(Ctrl-C or SIGTERM again terminates the running jobs)")
         for job in pending:
             self._not_started(job)
 
@@ -290,3 +404,24 @@ class Scheduler:
             execution.signal(signal.SIGKILL)
         for pgid in list(self.lingering):
             send_group(pgid, signal.SIGKILL)
+
+    # --- reporting ------------------------------------------------------------
+
+    def _show_progress(self) -> None:
+        progress = self.config.progress
+        assert progress is not None
+        progress.show(self.state.snapshot())
+        # Keep the clock in the line moving while something runs; an idle
+        # scheduler with nothing running sets no timer and sleeps.
+        if self.executions and (self.ticker is None or self.ticker.cancelled):
+            def tick() -> None:
+                self.ticker = None
+
+            self.ticker = self.timers.at(time.monotonic() + progress.interval, tick)
+
+    def _summary(self) -> None:
+        snap = self.state.snapshot()
+        lines = summary_lines(snap, self.state.failed_ids, self.config.resume_hint)
+        quiet_ok = not (snap.failed or snap.not_started or self.stop_level)
+        for line in lines:
+            (self.console.info if quiet_ok else self.console.line)(line)

@@ -31,6 +31,8 @@ class Snapshot:
     succeeded: int
     failed: int
     not_started: int
+    #: commands skipped because the job log says they are done (``--resume``)
+    skipped: int
     input_open: bool
     elapsed: float
 
@@ -45,6 +47,7 @@ class RunState:
     succeeded: int = 0
     failed_ids: List[int] = field(default_factory=list)
     not_started_ids: List[int] = field(default_factory=list)
+    skipped: int = 0
     input_open: bool = True
     started_at: float = field(default_factory=time.monotonic)
 
@@ -79,6 +82,7 @@ class RunState:
             succeeded=self.succeeded,
             failed=self.failed,
             not_started=len(self.not_started_ids),
+            skipped=self.skipped,
             input_open=self.input_open,
             elapsed=now - self.started_at,
         )

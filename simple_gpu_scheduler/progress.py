@@ -1,0 +1,98 @@
+"""``--progress``: one status line on stderr, and the end-of-run summary.
+
+On a terminal the line is redrawn in place (``\\r`` + erase-line); every other
+write to the terminal goes through `output.write_fd`, which takes the line
+away first and puts it back after, so a job's output line is never torn. On a
+pipe or file a plain line is printed instead, at most every `PLAIN_EVERY`
+seconds. The text of the line and of the summary are pure functions of a
+`Snapshot`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import List, Optional, Sequence
+
+from . import output
+from .state import Snapshot
+
+#: Seconds between plain progress lines when stderr is not a terminal.
+PLAIN_EVERY = 5.0
+#: Seconds between redraws on a terminal (the clock in the line moves).
+REDRAW_EVERY = 1.0
+
+
+def clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def progress_text(snap: Snapshot) -> str:
+    """``done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 3.9/min | ETA 0:02:03``."""
+    done = snap.succeeded + snap.failed
+    parts = [
+        f"done {snap.succeeded}", f"failed {snap.failed}", f"running {len(snap.running)}",
+        f"queued {snap.queued}{'+' if snap.input_open else ''}", clock(snap.elapsed),
+    ]
+    rate = done / snap.elapsed if snap.elapsed > 0 else 0.0
+    parts.append(f"{rate:.2f}/s" if rate >= 1 else f"{rate * 60:.1f}/min")
+    if not snap.input_open:
+        left = snap.queued + len(snap.running)
+        parts.append(f"ETA {clock(left / rate)}" if rate > 0 and left else "ETA -")
+    return " | ".join(parts)
+
+
+def summary_lines(
+    snap: Snapshot, failed_ids: Sequence[int], resume_hint: Optional[str]
+) -> List[str]:
+    """What the scheduler says when it ends."""
+    total = snap.succeeded + snap.failed + snap.not_started
+    head = (f"done in {clock(snap.elapsed)}: {snap.succeeded} of {total} succeeded, "
+            f"{snap.failed} failed, {snap.not_started} not started")
+    if snap.skipped:
+        head += f"; {snap.skipped} skipped as done in the job log"
+    lines = [head]
+    if failed_ids:
+        shown = ", ".join(str(i) for i in failed_ids[:50])
+        more = f" and {len(failed_ids) - 50} more" if len(failed_ids) > 50 else ""
+        lines.append(f"failed jobs: {shown}{more}")
+    if resume_hint and (snap.failed or snap.not_started):
+        lines.append(f"to run what did not succeed, feed the same input to: {resume_hint}")
+    return lines
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes this run: ours, with --resume-failed."""
+    kept = [a for a in argv if a not in ("--resume", "--resume-failed")]
+    return shlex.join(["simple_gpu_scheduler", *kept, "--resume-failed"])
+
+
+class ProgressLine:
+    """Shows a `Snapshot` as the status line, redrawn or printed as plain lines."""
+
+    def __init__(self, tty: bool, fd: int = 2) -> None:
+        self._tty = tty
+        self._fd = fd
+        self._last_plain = float("-inf")
+        self._last_text = ""
+
+    @property
+    def interval(self) -> float:
+        return REDRAW_EVERY if self._tty else PLAIN_EVERY
+
+    def show(self, snap: Snapshot, force: bool = False) -> None:
+        text = progress_text(snap)
+        if self._tty:
+            output.set_status_line(self._fd, text.encode())
+            return
+        now = time.monotonic()
+        changed = text.split(" | ")[:4] != self._last_text.split(" | ")[:4]
+        if force or (changed and now - self._last_plain >= PLAIN_EVERY):
+            self._last_plain = now
+            self._last_text = text
+            output.write_fd(self._fd, f"[sgs] progress: {text}\n".encode())
+
+    def close(self) -> None:
+        if self._tty:
+            output.set_status_line(self._fd, None)
