@@ -14,6 +14,7 @@ Formatting, parsing and the resume rule are pure; `JobLogWriter` and
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set, Tuple
@@ -129,12 +130,13 @@ def parse_joblog(data: bytes) -> Tuple[List[Row], Optional[str], int]:
 def read_joblog(path: str) -> Tuple[List[Row], Optional[str], int]:
     """`parse_joblog` of a file; a missing file is an empty log."""
     try:
+        # Only a regular file: /dev/stdout or a FIFO would be read forever.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise JobLogError("it is not a regular file")
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return [], None, 0
-    except IsADirectoryError:
-        raise JobLogError("it is a directory") from None
     except OSError as exc:
         raise JobLogError(exc.strerror or str(exc)) from None
     return parse_joblog(data)
@@ -184,9 +186,11 @@ class JobLogWriter:
     def __init__(self, path: str, keep: int) -> None:
         """Open `path` for appending after its first `keep` bytes (dropping a cut
         last line); write the header if the file is new or empty."""
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        os.ftruncate(self._fd, keep) if os.fstat(self._fd).st_size > keep else None
-        os.lseek(self._fd, 0, os.SEEK_END)
+        # O_APPEND: every row lands at the end, also when several schedulers
+        # (one per GPU group, say) share one log.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        if os.fstat(self._fd).st_size > keep:
+            os.ftruncate(self._fd, keep)
         if keep == 0:
             os.ftruncate(self._fd, 0)
             self._write(HEADER + b"\n")

@@ -17,8 +17,10 @@ from typing import List, Optional, Sequence
 from . import output
 from .state import Snapshot
 
-#: Seconds between plain progress lines when stderr is not a terminal.
+#: Seconds between plain progress lines when stderr is not a terminal, and
+#: between lines that say nothing new (a long job still running).
 PLAIN_EVERY = 5.0
+PLAIN_UNCHANGED_EVERY = 60.0
 #: Seconds between redraws on a terminal (the clock in the line moves).
 REDRAW_EVERY = 1.0
 
@@ -88,7 +90,8 @@ class ProgressLine:
             return
         now = time.monotonic()
         changed = text.split(" | ")[:4] != self._last_text.split(" | ")[:4]
-        if force or (changed and now - self._last_plain >= PLAIN_EVERY):
+        wait = PLAIN_EVERY if changed else PLAIN_UNCHANGED_EVERY
+        if force or now - self._last_plain >= wait:
             self._last_plain = now
             self._last_text = text
             output.write_fd(self._fd, f"[sgs] progress: {text}\n".encode())

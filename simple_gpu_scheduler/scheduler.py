@@ -25,6 +25,7 @@ import itertools
 import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -110,7 +111,9 @@ class Timers:
             heapq.heappop(self._heap)
         if not self._heap:
             return None
-        return max(0.0, self._heap[0][0] - time.monotonic())
+        # A --timeout of 1000 years is a valid "never": the wait is capped
+        # at what the lock primitive accepts, and the loop simply waits again.
+        return min(threading.TIMEOUT_MAX, max(0.0, self._heap[0][0] - time.monotonic()))
 
     def fire(self) -> None:
         now = time.monotonic()
@@ -270,7 +273,9 @@ class Scheduler:
 
     def _time_out(self, execution: Execution) -> None:
         job = execution.job
-        if self.executions.get(job.id) is not execution:
+        # `ended` is set as soon as the shell exits, before its exit event
+        # reaches us (it waits for the output copies): ended in time.
+        if self.executions.get(job.id) is not execution or execution.ended is not None:
             return
         self.deadlines.pop(job.id, None)
         self.timed_out[job.id] = job.timeout or 0.0

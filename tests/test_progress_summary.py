@@ -1,0 +1,385 @@
+"""The end-of-run summary, the resume hint and ``--progress``.
+
+The text of the status line and of the summary are pure functions of a
+`Snapshot` and are tested directly; the rest runs the installed command with
+its stderr on a pseudo-terminal or on a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Sequence, Tuple
+
+import pytest
+
+from simple_gpu_scheduler import progress
+from simple_gpu_scheduler.joblog import read_joblog
+from simple_gpu_scheduler.progress import (
+    ProgressLine, clock, progress_text, resume_command, summary_lines,
+)
+from simple_gpu_scheduler.state import RunningView, Snapshot
+
+_NEXT_TO_PYTHON = Path(sys.executable).with_name("simple_gpu_scheduler")
+SCRIPT = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("simple_gpu_scheduler")
+ENV = {**os.environ, "SHELL": "/bin/sh"}
+
+STATUS = re.compile(
+    r"done (\d+) \| failed (\d+) \| running (\d+) \| queued (\d+)(\+?) \| \d+:\d\d:\d\d"
+    r" \| [\d.]+/(?:s|min)(?: \| ETA (?:\d+:\d\d:\d\d|-))?")
+
+
+def snap(succeeded: int = 0, failed: int = 0, running: int = 0, queued: int = 0,
+         not_started: int = 0, skipped: int = 0, input_open: bool = False,
+         elapsed: float = 60.0) -> Snapshot:
+    views = tuple(RunningView(i, ("0",), 1.0, "cmd") for i in range(running))
+    return Snapshot(running=views, queued=queued, succeeded=succeeded, failed=failed,
+                    not_started=not_started, skipped=skipped, input_open=input_open,
+                    elapsed=elapsed)
+
+
+def run_sgs(args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 30,
+            script: str = "") -> subprocess.CompletedProcess:
+    assert SCRIPT, "simple_gpu_scheduler is not on PATH (pip install -e .)"
+    source = cwd / f"input-{time.monotonic_ns()}.txt"
+    source.write_bytes(stdin)
+    with open(source, "rb") as handle:
+        return subprocess.run([script or SCRIPT, *args], stdin=handle, capture_output=True,
+                              cwd=cwd, env=ENV, timeout=timeout, start_new_session=True)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def sgs_lines(stderr: bytes) -> List[str]:
+    return [x[len("[sgs] "):] for x in stderr.decode("utf-8", "replace").splitlines()
+            if x.startswith("[sgs] ")]
+
+
+# ---------------------------------------------------------------- pure: the line
+
+
+def test_clock() -> None:
+    assert [clock(s) for s in (0, 59.9, 61, 3600, 86400 + 5)] == [
+        "0:00:00", "0:00:59", "0:01:01", "1:00:00", "24:00:05"]
+
+
+def test_progress_text_while_input_is_open_has_no_eta() -> None:
+    text = progress_text(snap(succeeded=12, failed=1, running=4, queued=8, input_open=True,
+                              elapsed=190))
+    assert text == "done 12 | failed 1 | running 4 | queued 8+ | 0:03:10 | 4.1/min"
+
+
+def test_progress_text_once_input_ended_has_an_eta() -> None:
+    # 13 done in 190 s; 12 left at that rate take 175 s.
+    text = progress_text(snap(succeeded=12, failed=1, running=4, queued=8, elapsed=190))
+    assert text == "done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 4.1/min | ETA 0:02:55"
+
+
+def test_progress_text_fast_rate_in_per_second() -> None:
+    text = progress_text(snap(succeeded=30, elapsed=10))
+    assert text == "done 30 | failed 0 | running 0 | queued 0 | 0:00:10 | 3.00/s | ETA -"
+
+
+def test_progress_text_before_anything_finished() -> None:
+    assert progress_text(snap(running=2, queued=3, elapsed=0)) == (
+        "done 0 | failed 0 | running 2 | queued 3 | 0:00:00 | 0.0/min | ETA -")
+    assert STATUS.fullmatch(progress_text(snap(running=2, queued=3, elapsed=0)))
+
+
+# ---------------------------------------------------------------- pure: the summary
+
+
+def test_summary_all_succeeded_has_no_hint() -> None:
+    lines = summary_lines(snap(succeeded=3, elapsed=65), [], "simple_gpu_scheduler x")
+    assert lines == ["done in 0:01:05: 3 of 3 succeeded, 0 failed, 0 not started"]
+
+
+def test_summary_with_failures_names_them_and_gives_the_hint() -> None:
+    lines = summary_lines(snap(succeeded=40, failed=1, not_started=1, skipped=5, elapsed=724),
+                          [17], "simple_gpu_scheduler --gpus 0,1 --joblog j --resume-failed")
+    assert lines == [
+        "done in 0:12:04: 40 of 42 succeeded, 1 failed, 1 not started; "
+        "5 skipped as done in the job log",
+        "failed jobs: 17",
+        "to run what did not succeed, feed the same input to: "
+        "simple_gpu_scheduler --gpus 0,1 --joblog j --resume-failed",
+    ]
+
+
+def test_summary_without_joblog_has_no_hint() -> None:
+    lines = summary_lines(snap(failed=1), [1], None)
+    assert not any("feed the same input" in x for x in lines)
+
+
+def test_summary_lists_at_most_50_failed_ids() -> None:
+    lines = summary_lines(snap(failed=60), list(range(1, 61)), None)
+    assert lines[1] == "failed jobs: " + ", ".join(map(str, range(1, 51))) + " and 10 more"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--gpus", "0,1", "--joblog", "sweep.log"],
+         "simple_gpu_scheduler --gpus 0,1 --joblog sweep.log --resume-failed"),
+        (["--gpus", "0", "--joblog", "my log's.tsv", "--resume"],
+         "simple_gpu_scheduler --gpus 0 --joblog 'my log'\"'\"'s.tsv' --resume-failed"),
+        (["--resume-failed", "--gpus", "0", "--joblog=j.log", "--retries", "2"],
+         "simple_gpu_scheduler --gpus 0 --joblog=j.log --retries 2 --resume-failed"),
+    ],
+)
+def test_resume_command(argv: List[str], expected: str) -> None:
+    assert resume_command(argv) == expected
+
+
+# ---------------------------------------------------------------- pure-ish: plain lines
+
+
+def test_plain_progress_lines_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    read_end, write_end = os.pipe()
+    try:
+        line = ProgressLine(tty=False, fd=write_end)
+        line.show(snap(running=1, queued=3, input_open=True))
+        now[0] += 1
+        line.show(snap(succeeded=1, running=1, queued=2, input_open=True))  # too soon
+        now[0] += progress.PLAIN_EVERY
+        line.show(snap(succeeded=1, running=1, queued=2, input_open=True, elapsed=99))
+        now[0] += progress.PLAIN_EVERY
+        line.show(snap(succeeded=1, running=1, queued=2, input_open=True, elapsed=200))  # same
+        line.show(snap(succeeded=1, running=1, queued=2), force=True)
+        line.close()
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as reader:
+            read_end = -1
+            out = reader.read().decode()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    lines = out.splitlines()
+    assert len(lines) == 3 and "\r" not in out and "\x1b" not in out
+    assert all(x.startswith("[sgs] progress: ") for x in lines)
+    assert lines[0].startswith("[sgs] progress: done 0 | failed 0 | running 1 | queued 3+")
+    assert lines[1].startswith("[sgs] progress: done 1 | failed 0 | running 1 | queued 2+")
+    assert " | ETA " in lines[2] and "queued 2 |" in lines[2]
+
+
+# ---------------------------------------------------------------- the summary, for real
+
+
+def test_summary_and_resume_hint_that_works(tmp_path: Path) -> None:
+    log = tmp_path / "my job log.tsv"
+    commands = b"true\ntest -e fixed\necho 3 >> ran\ntest -e fixed2\n"
+    args = ["--gpus", "0", "--joblog", str(log)]
+    first = run_sgs(args, commands, tmp_path)
+    assert first.returncode == 1
+    said = sgs_lines(first.stderr)
+    summary = said[-3:]
+    assert re.fullmatch(r"done in \d+:\d\d:\d\d: 2 of 4 succeeded, 2 failed, 0 not started",
+                        summary[0]), summary
+    assert summary[1] == "failed jobs: 2, 4"
+    prefix = "to run what did not succeed, feed the same input to: "
+    assert summary[2].startswith(prefix + "simple_gpu_scheduler ")
+    hint = shlex.split(summary[2][len(prefix):])
+    assert hint == ["simple_gpu_scheduler", *args, "--resume-failed"]
+
+    # The hint, run as it is with the same input, runs exactly what failed.
+    (tmp_path / "fixed").touch()
+    (tmp_path / "fixed2").touch()
+    second = run_sgs(hint[1:], commands, tmp_path, script=SCRIPT or "")
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "ran").read_text() == "3\n"
+    (last,) = [x for x in sgs_lines(second.stderr) if x.startswith("done in")]
+    assert last.endswith("2 of 2 succeeded, 0 failed, 0 not started; "
+                         "2 skipped as done in the job log")
+    assert [(r.seq, r.exitval) for r in read_joblog(str(log))[0]] == [
+        (1, 0), (2, 1), (3, 0), (4, 1), (2, 0), (4, 0)]
+
+
+def test_summary_counts_not_started_after_a_drain(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    source = tmp_path / "input.txt"
+    source.write_bytes(f"touch '{started}'; sleep 0.3\nexit 0\ntrue\n".encode())
+    with open(source, "rb") as handle:
+        proc = subprocess.Popen([SCRIPT or "", "--gpus", "0", "--joblog", "j.log"], stdin=handle,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                                env=ENV, start_new_session=True)
+    try:
+        wait_for(started.exists, what="job 1 to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    said = sgs_lines(err)
+    assert said[-2].endswith("1 of 3 succeeded, 0 failed, 2 not started"), said
+    assert "failed jobs" not in err.decode()
+    assert said[-1] == ("to run what did not succeed, feed the same input to: "
+                        "simple_gpu_scheduler --gpus 0 --joblog j.log --resume-failed")
+
+
+def test_summary_of_a_clean_run_has_no_hint_and_quiet_hides_it(tmp_path: Path) -> None:
+    done = run_sgs(["--gpus", "0", "--joblog", "j.log"], b"true\ntrue\n", tmp_path)
+    assert done.returncode == 0
+    said = sgs_lines(done.stderr)
+    assert said[-1].endswith("2 of 2 succeeded, 0 failed, 0 not started")
+    assert not any("feed the same input" in x for x in said)
+    quiet = run_sgs(["--gpus", "0", "-q"], b"true\n", tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    quiet_failed = run_sgs(["--gpus", "0", "-q"], b"exit 2\n", tmp_path)
+    assert "0 of 1 succeeded, 1 failed" in quiet_failed.stderr.decode()
+
+
+# ---------------------------------------------------------------- --progress on a terminal
+
+
+def _job(i: int, fail: bool = False) -> str:
+    # Each half of a line is written separately, with a pause in between: a
+    # redraw of the status line in the pause would tear the line.
+    return (f"printf 'out-{i}-begin-'; sleep 0.1; printf 'end\\n'; "
+            f"printf 'err-{i}-begin-' >&2; sleep 0.1; printf 'end\\n' >&2"
+            + ("; exit 1" if fail else ""))
+
+
+def run_on_pty(args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 20,
+               stdout_too: bool = False) -> Tuple[int, bytes, bytes]:
+    """Run with stderr (and stdout) on a pseudo-terminal; returns (status, stdout, what the
+    terminal got)."""
+    source = cwd / "input.txt"
+    source.write_bytes(stdin)
+    master, slave = pty.openpty()
+    try:
+        with open(source, "rb") as handle:
+            proc = subprocess.Popen([SCRIPT or "", *args], stdin=handle,
+                                    stdout=slave if stdout_too else subprocess.PIPE,
+                                    stderr=slave, cwd=cwd, env=ENV, start_new_session=True)
+    finally:
+        os.close(slave)
+    screen = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        out = bytearray()
+        open_fds = {master}
+        if proc.stdout is not None:
+            os.set_blocking(proc.stdout.fileno(), False)
+            open_fds.add(proc.stdout.fileno())
+        while open_fds and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(open_fds), [], [], 0.2)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: every writer of the terminal has gone
+                    data = b""
+                if not data:
+                    open_fds.discard(fd)
+                elif fd == master:
+                    screen += data
+                else:
+                    out += data
+        assert not open_fds, "the scheduler did not end in time"
+        status = proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+    return status, bytes(out), bytes(screen).replace(b"\r\n", b"\n")
+
+
+def test_progress_on_a_terminal_redraws_in_place_and_tears_no_line(tmp_path: Path) -> None:
+    jobs = [_job(i, fail=(i == 3)) for i in range(1, 7)]
+    status, out, screen = run_on_pty(["--gpus", "0,1", "--progress"],
+                                     "\n".join(jobs).encode(), tmp_path)
+    assert status == 1
+    # Job output on stdout: whole lines, no tag prefix.
+    assert sorted(out.decode().splitlines()) == sorted(f"out-{i}-begin-end" for i in range(1, 7))
+    text = screen.decode("utf-8", "replace")
+    # Redrawn in place with carriage return + erase-line.
+    assert text.count("\r\x1b[K") >= 3
+    drawn = [m.group(0) for m in STATUS.finditer(text)]
+    assert drawn, text
+    final = [STATUS.fullmatch(d) for d in drawn]
+    assert any(m and m.group(1) == "5" and m.group(2) == "1" and m.group(3) == "0" for m in final)
+    assert any(" | ETA " in d for d in drawn)
+    for d in drawn:  # the ETA appears exactly when the input has ended
+        open_input = STATUS.fullmatch(d).group(5) == "+"  # type: ignore[union-attr]
+        assert open_input != (" | ETA " in d), d
+    # Job output on the terminal and the scheduler's lines: whole lines.
+    for i in range(1, 7):
+        assert re.search(rf"(^|\n|\x1b\[K)err-{i}-begin-end\n", text), text
+    lines_ = [x.split("\x1b[K")[-1] for x in text.split("\n")]
+    assert any(x.startswith("[sgs] job 3 failed on gpu ") for x in lines_)
+    # The status line is taken away before the summary, which is the last thing shown.
+    tail = text.rstrip("\n").rsplit("\n", 1)[-1]
+    assert tail.split("\x1b[K")[-1].startswith("[sgs] failed jobs: 3"), repr(tail)
+    assert not STATUS.search(text.rsplit("[sgs] done in", 1)[1])
+
+
+def test_progress_on_a_terminal_shared_with_stdout_tears_no_line(tmp_path: Path) -> None:
+    jobs = [_job(i) for i in range(1, 5)]
+    status, _, screen = run_on_pty(["--gpus", "0,1", "--progress"], "\n".join(jobs).encode(),
+                                   tmp_path, stdout_too=True)
+    assert status == 0
+    text = screen.decode("utf-8", "replace")
+    for i in range(1, 5):
+        for stream in ("out", "err"):
+            assert re.search(rf"(^|\n|\x1b\[K){stream}-{i}-begin-end\n", text), text
+    assert STATUS.search(text)
+
+
+def test_progress_with_tag_keeps_the_tag(tmp_path: Path) -> None:
+    status, out, _ = run_on_pty(["--gpus", "0", "--progress", "--tag"], _job(1).encode(),
+                                tmp_path)
+    assert status == 0
+    assert out == b"[1|gpu 0] out-1-begin-end\n"
+
+
+def test_progress_with_log_dir_sends_output_to_files(tmp_path: Path) -> None:
+    status, out, screen = run_on_pty(["--gpus", "0", "--progress", "--log-dir", "logs"],
+                                     _job(1).encode(), tmp_path)
+    assert status == 0
+    assert out == b""
+    assert (tmp_path / "logs" / "1.out").read_bytes() == b"out-1-begin-end\n"
+    assert (tmp_path / "logs" / "1.err").read_bytes() == b"err-1-begin-end\n"
+    assert b"err-1-begin-end" not in screen
+
+
+# ---------------------------------------------------------------- --progress on a pipe
+
+
+def test_progress_on_a_pipe_prints_plain_lines_rarely(tmp_path: Path) -> None:
+    jobs = [_job(i) for i in range(1, 7)]
+    begin = time.monotonic()
+    done = run_sgs(["--gpus", "0,1", "--progress"], "\n".join(jobs).encode(), tmp_path)
+    elapsed = time.monotonic() - begin
+    assert done.returncode == 0, done.stderr
+    err = done.stderr.decode()
+    assert "\r" not in err and "\x1b" not in err
+    plain = [x for x in err.splitlines() if x.startswith("[sgs] progress: ")]
+    assert 1 <= len(plain) <= 1 + int(elapsed / progress.PLAIN_EVERY), plain
+    assert progress.PLAIN_EVERY >= 2
+    for line in plain:
+        assert STATUS.fullmatch(line[len("[sgs] progress: "):]), line
+    # Job output still comes through whole, on the streams it was written to.
+    assert sorted(done.stdout.decode().splitlines()) == sorted(
+        f"out-{i}-begin-end" for i in range(1, 7))
+    assert {f"err-{i}-begin-end" for i in range(1, 7)} <= set(err.splitlines())
