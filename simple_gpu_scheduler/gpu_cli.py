@@ -207,7 +207,7 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
     if args.gpus_per_job > len(ids):
         raise _usage_error(
             f"--gpus-per-job {args.gpus_per_job} is more than the {len(ids)} GPU(s) given")
-    if args.gpus_per_job > len(whole):
+    if 1 < args.gpus_per_job and args.gpus_per_job > len(whole):
         raise _usage_error(
             f"--gpus-per-job {args.gpus_per_job}: only {len(whole)} whole GPU(s); MIG "
             "instances cannot be combined (CUDA gives a process one MIG instance)")

@@ -119,7 +119,8 @@ class GpuPool:
             if unknown:
                 return f"it asks for unknown GPU id {', '.join(unknown)}"
         candidates = [g for g in self._candidates(job) if g.lost is None]
-        lost = "" if all(g.lost is None for g in self._candidates(job)) else " (others are lost)"
+        gone = [g.id for g in self._candidates(job) if g.lost is not None]
+        lost = f" (lost: {', '.join(gone)})" if gone else ""
         if job.gpus > 1:
             whole = [g for g in candidates if not g.mig]
             if len(whole) < job.gpus and len(whole) < len(candidates):

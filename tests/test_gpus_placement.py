@@ -128,7 +128,7 @@ def test_unavailable_and_lost_gpus() -> None:
     assert pool.place(job(on=("0",))) == ("0",)
     pool.mark_lost("1", "GPU is lost")
     assert pool.place(job(on=("1",)), ideal=True) is None
-    assert pool.impossible(job(on=("1",))) == "it needs 1 GPUs and only 0 can be used (others are lost)"
+    assert pool.impossible(job(on=("1",))) == "it needs 1 GPUs and only 0 can be used (lost: 1)"
     assert pool.impossible(job(gpus=2)) is not None
 
 
