@@ -16,7 +16,7 @@ instance (CUDA gives a process one MIG instance, named by UUID).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from . import nvml, smi
 
@@ -174,7 +174,7 @@ class NvmlBackend:
     def _usage(self, handle: object, with_processes: bool = False) -> Usage:
         memory = nvml.query("nvmlDeviceGetMemoryInfo", handle)
         util = nvml.query("nvmlDeviceGetUtilizationRates", handle)
-        processes: object = None
+        processes: Any = None
         if with_processes:
             processes = nvml.query("nvmlDeviceGetComputeRunningProcesses", handle)
         lost = next((v.reason for v in (memory, util, processes)

@@ -342,7 +342,7 @@ def _memory(used: Optional[int], total: Optional[int]) -> str:
     return f"{'?' if used is None else format_size(used)} / {format_size(total)}"
 
 
-def _table(head: Tuple[str, ...], rows: List[Tuple[str, ...]]) -> List[str]:
+def _table(head: Tuple[str, ...], rows: Sequence[Tuple[str, ...]]) -> List[str]:
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
             for row in (head, *rows)]

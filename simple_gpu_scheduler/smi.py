@@ -55,10 +55,10 @@ class SmiResult:
     error: Optional[str] = None
 
 
-def _number(field: str) -> Optional[int]:
-    """``40960`` -> 40960; ``[N/A]`` and the like -> None."""
+def _number(field: str, scale: int = 1) -> Optional[int]:
+    """``40960`` -> 40960 * scale; ``[N/A]`` and the like -> None."""
     try:
-        return int(float(field))
+        return int(float(field)) * scale
     except ValueError:
         return None
 
@@ -86,8 +86,7 @@ def parse_gpus(text: str) -> Tuple[List[SmiGpu], List[str]]:
         index, uuid, name, total, used, util, mode, mig = fields
         gpus.append(SmiGpu(
             index=index, uuid=uuid, name=name,
-            mem_total=None if _number(total) is None else _number(total) * MIB,
-            mem_used=None if _number(used) is None else _number(used) * MIB,
+            mem_total=_number(total, MIB), mem_used=_number(used, MIB),
             util=_number(util), compute_mode=mode, mig=mig.lower() == "enabled",
         ))
     return gpus, problems
@@ -100,8 +99,7 @@ def parse_apps(text: str) -> List[SmiApp]:
         fields = _fields(line)
         if len(fields) != len(APP_FIELDS) or not fields[1].isdigit():
             continue  # "No running processes found" and the like
-        used = _number(fields[2])
-        apps.append(SmiApp(fields[0], int(fields[1]), None if used is None else used * MIB))
+        apps.append(SmiApp(fields[0], int(fields[1]), _number(fields[2], MIB)))
     return apps
 
 

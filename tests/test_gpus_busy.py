@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gpu_fakes import GiB, FakeMachine, fake_gpu, read_lines, run, send, start, wait_for
+from gpu_fakes import FakeMachine, GiB, fake_gpu, read_lines, run, send, start, wait_for
 
 SHOW = "echo $CUDA_VISIBLE_DEVICES"
 

@@ -9,23 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpu_fakes import read_lines, wait_for
 
 from simple_gpu_scheduler import smi
 from simple_gpu_scheduler.availability import owner, split_processes
 from simple_gpu_scheduler.busy import Limits, MemoryLimit, excess_memory, judge, parse_memory_limit
 from simple_gpu_scheduler.devices import Device, GpuProcess, Usage, resolve_ids, select_visible
 
-from gpu_fakes import read_lines, wait_for
-
 GiB = 2**30
 MiB = 2**20
 
 # --- nvidia-smi output ---------------------------------------------------------------
 
-SMI_GPUS = """\
+LOST_LINE = ("Unable to determine the device handle for GPU 0000:41:00.0: GPU is lost. "
+             "Reboot the system to recover this GPU")
+SMI_GPUS = f"""\
 0, GPU-aaaa, NVIDIA A100-SXM4-80GB, 81920, 1024, 37, Default, Disabled
 1, GPU-bbbb, NVIDIA A100-SXM4-80GB, 81920, [N/A], [N/A], Prohibited, [N/A]
-Unable to determine the device handle for GPU 0000:41:00.0: GPU is lost. Reboot the system to recover this GPU
+{LOST_LINE}
 2, GPU-cccc, NVIDIA A100-SXM4-40GB, 40960, 0, [Not Supported], Default, Enabled
 """
 
@@ -38,7 +39,7 @@ def test_parse_gpus() -> None:
         "GPU-aaaa", "NVIDIA A100-SXM4-80GB", 81920 * MiB, 1024 * MiB, 37)
     assert (second.mem_used, second.util, second.compute_mode) == (None, None, "Prohibited")
     assert third.mig and not first.mig
-    assert problems == [SMI_GPUS.splitlines()[2]]
+    assert problems == [LOST_LINE]
 
 
 def test_parse_apps_and_mig_list() -> None:
@@ -58,7 +59,8 @@ def test_parse_apps_and_mig_list() -> None:
 
 
 def gpu(index: str, name: str = "A100", **kw: object) -> Device:
-    return Device(id=index, index=index, uuid=f"GPU-{index}{index}{index}-uuid", name=name, **kw)  # type: ignore[arg-type]
+    uuid = f"GPU-{index}{index}{index}-uuid"
+    return Device(id=index, index=index, uuid=uuid, name=name, **kw)  # type: ignore[arg-type]
 
 
 def mig(parent: str, n: int) -> Device:
@@ -147,21 +149,23 @@ FOREIGN = (GpuProcess(100, 30 * GiB),)
 def test_memory_above_the_limit_is_busy_and_ours_does_not_count() -> None:
     usage = Usage(mem_total=80 * GiB, mem_used=40 * GiB, util=0, processes=FOREIGN)
     fraction = Limits(memory=MemoryLimit(fraction=0.25))
-    assert "30.0GiB of its memory is used by other processes" in judge(usage, FOREIGN, 10 * GiB, 1, fraction).busy
+    busy = judge(usage, FOREIGN, 10 * GiB, 1, fraction).busy
+    assert busy is not None and "30.0GiB of its memory is used by other processes" in busy
     assert judge(usage, (), 40 * GiB, 1, fraction).busy is None  # all of it is ours
-    assert judge(usage, FOREIGN, 10 * GiB, 1, Limits(memory=MemoryLimit(size=31 * GiB))).busy is None
+    size = Limits(memory=MemoryLimit(size=31 * GiB))
+    assert judge(usage, FOREIGN, 10 * GiB, 1, size).busy is None
 
 
 def test_utilization_is_judged_only_without_our_jobs_on_the_gpu() -> None:
     usage = Usage(mem_total=80 * GiB, mem_used=0, util=90, processes=())
     limits = Limits(util=50)
-    assert "90% utilization" in judge(usage, (), 0, 0, limits).busy
+    assert "90% utilization" in (judge(usage, (), 0, 0, limits).busy or "")
     assert judge(usage, (), 0, 1, limits).busy is None
 
 
 def test_only_idle_means_no_foreign_process() -> None:
     usage = Usage(mem_total=80 * GiB, mem_used=GiB, util=0, processes=FOREIGN)
-    assert "pid 100" in judge(usage, FOREIGN, 0, 0, Limits(only_idle=True)).busy
+    assert "pid 100" in (judge(usage, FOREIGN, 0, 0, Limits(only_idle=True)).busy or "")
     assert judge(usage, (), GiB, 1, Limits(only_idle=True)).busy is None
 
 

@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from gpu_fakes import GiB, FakeMachine, fake_gpu, fake_mig, read_lines, run, scheduler, wait_for
+from gpu_fakes import FakeMachine, GiB, fake_gpu, fake_mig, run, scheduler, wait_for
 
 SHOW = "echo $CUDA_VISIBLE_DEVICES"
 

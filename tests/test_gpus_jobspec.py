@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import pytest
 
 from simple_gpu_scheduler.inputs import CommandAssembler, Line, RawCommand
+from simple_gpu_scheduler.jobs import Job
 from simple_gpu_scheduler.jobspec import Defaults, parse_job
 
 GiB = 2**30
@@ -30,8 +31,8 @@ def test_json_lines_do_not_continue() -> None:
     assert [(r.text, r.line) for r in raws] == [(b'{"cmd": "a"} \\', 1), (b'{"cmd": "b"}', 2)]
 
 
-def job_from(text: str, line: int = 7, defaults: Defaults = Defaults()):
-    return parse_job(3, RawCommand(text.encode(), line=line), defaults)
+def job_from(text: str, line: int = 7, defaults: Optional[Defaults] = None) -> Job:
+    return parse_job(3, RawCommand(text.encode(), line=line), defaults or Defaults())
 
 
 def test_every_key() -> None:

@@ -6,7 +6,7 @@ import json
 import signal
 from pathlib import Path
 
-from gpu_fakes import GiB, FakeMachine, fake_gpu, read_lines, run, send, start, wait_for
+from gpu_fakes import FakeMachine, GiB, fake_gpu, read_lines, run, send, start, wait_for
 
 
 def jsonl(*jobs: dict) -> str:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
+from gpu_fakes import FakeMachine, read_lines, run, send, start, wait_for
 
 from simple_gpu_scheduler.locks import GpuLocks, LockDirError, lock_file_name, open_lock_dir
-
-from gpu_fakes import FakeMachine, read_lines, run, send, start, wait_for
 
 
 def locks_in(path: Path) -> GpuLocks:
@@ -128,8 +127,8 @@ def test_two_schedulers_never_share_a_gpu(tmp_path: Path) -> None:
     assert sum(len(v) for v in runs.values()) == 8
     for gpu, spans in runs.items():
         spans.sort()
-        for (_, end, who), (start, _, other) in zip(spans, spans[1:]):
-            assert end <= start, f"gpu {gpu}: {who} and {other} overlap"
+        for (_, end, who), (begin, _, other) in zip(spans, spans[1:]):
+            assert end <= begin, f"gpu {gpu}: {who} and {other} overlap"
 
 
 def test_a_killed_scheduler_frees_its_gpus(tmp_path: Path) -> None:
@@ -141,7 +140,7 @@ def test_a_killed_scheduler_frees_its_gpus(tmp_path: Path) -> None:
     second = None
     try:
         send(first, f"echo $$ > {pidfile}; exec sleep 60")
-        job_pid = int(wait_for(lambda: read_lines(pidfile), what="first job")[0])
+        wait_for(lambda: read_lines(pidfile), what="first job")
         second = start(args, env, stderr=tmp_path / "second.err")
         send(second, f"touch {done}")
         assert second.stdin is not None

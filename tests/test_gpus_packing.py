@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from gpu_fakes import GiB, FakeMachine, fake_gpu, read_lines, run, send, start, wait_for
+from gpu_fakes import FakeMachine, GiB, fake_gpu, read_lines, run, send, start, wait_for
 
 
-def recorded(log: Path, name: str, seconds: float) -> str:
-    """A job command that logs its start and end times on its GPU."""
+def recorded(log: Path, name: str, seconds: float, body: str = "") -> str:
+    """A job command that logs its start and end times on its GPU; between
+    them it sleeps `seconds` or runs `body`."""
     return (f'echo "{name} $CUDA_VISIBLE_DEVICES start $(date +%s.%N)" >> {log}; '
-            f'sleep {seconds}; echo "{name} $CUDA_VISIBLE_DEVICES end $(date +%s.%N)" >> {log}')
+            f'{body or f"sleep {seconds}"}; '
+            f'echo "{name} $CUDA_VISIBLE_DEVICES end $(date +%s.%N)" >> {log}')
 
 
 def spans(log: Path) -> Dict[str, Tuple[str, float, float]]:
@@ -81,7 +83,8 @@ def test_gpu_memory_without_hardware(tmp_path: Path) -> None:
     result = run(["--gpus", "0", "--input", "jsonl", "--gpu-memory", "10GiB",
                   "--lock-dir", str(machine.locks)], env=machine.env("none"), input=jsonl(*jobs))
     assert result.returncode == 1
-    assert "it needs 11.0GiB of GPU memory and the largest GPU it may use has 10.0GiB" in result.stderr
+    assert "it needs 11.0GiB of GPU memory and the largest GPU it may use has 10.0GiB" \
+        in result.stderr
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 2
 
 
@@ -96,7 +99,10 @@ def test_unknown_memory_size_is_said_and_jobs_go_alone(tmp_path: Path) -> None:
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 1
 
 
-def _big_small_run(tmp_path: Path, backfill: bool) -> Dict[str, Tuple[str, float, float]]:
+Spans = Dict[str, Tuple[str, float, float]]
+
+
+def _big_small_run(tmp_path: Path, backfill: bool) -> Tuple[Spans, str]:
     """Job big1 (50 GiB) runs until a gate opens; big2 (50 GiB) must wait for it;
     small (10 GiB) would fit beside big1 right away."""
     machine = FakeMachine(tmp_path, [fake_gpu(0, memory_total=80 * GiB)])
@@ -105,7 +111,7 @@ def _big_small_run(tmp_path: Path, backfill: bool) -> Dict[str, Tuple[str, float
     args = ["--input", "jsonl", "--lock-dir", str(machine.locks)] + (["--backfill"] * backfill)
     proc = start(args, machine.env(), stderr=errors)
     try:
-        send(proc, json.dumps({"cmd": f"{recorded(log, 'big1', 0)}; {hold}", "mem": "50GiB"}),
+        send(proc, json.dumps({"cmd": recorded(log, "big1", 0, body=hold), "mem": "50GiB"}),
              json.dumps({"cmd": recorded(log, "big2", 0.1), "mem": "50GiB"}),
              json.dumps({"cmd": recorded(log, "small", 0), "mem": "10GiB"}))
         if backfill:
@@ -120,14 +126,17 @@ def _big_small_run(tmp_path: Path, backfill: bool) -> Dict[str, Tuple[str, float
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return spans(log)
+    return spans(log), errors.read_text()
 
 
 def test_first_in_first_out_nothing_overtakes_a_waiting_job(tmp_path: Path) -> None:
-    runs = _big_small_run(tmp_path, backfill=False)
-    assert runs["small"][1] >= runs["big2"][1]  # small waited its turn behind big2
+    runs, messages = _big_small_run(tmp_path, backfill=False)
+    # small did not start beside big1 while big2 waited: it waited its turn.
+    assert runs["small"][1] >= runs["big1"][2]
+    assert messages.index("job 2 started") < messages.index("job 3 started")
 
 
 def test_backfill_lets_a_job_that_fits_start_first(tmp_path: Path) -> None:
-    runs = _big_small_run(tmp_path, backfill=True)
-    assert runs["small"][1] < runs["big2"][1]
+    runs, messages = _big_small_run(tmp_path, backfill=True)
+    assert runs["small"][1] < runs["big1"][2]
+    assert messages.index("job 3 started") < messages.index("job 2 started")

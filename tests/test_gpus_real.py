@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from gpu_fakes import run
 
 JOB = r"""
