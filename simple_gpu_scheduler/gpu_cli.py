@@ -84,7 +84,7 @@ _interval.__name__ = "seconds"
 
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this module, in their own help section."""
-    from .locks import DEFAULT_LOCK_DIR
+    from .locks import DEFAULT_LOCK_DIR, LOCK_DIR_VARIABLE
 
     group = parser.add_argument_group(
         "GPUs in use by others, per-job requirements and locks",
@@ -98,7 +98,8 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         "is busy: no job starts there until it falls below")
     group.add_argument(
         "--max-gpu-util", type=_percent, metavar="PERCENT",
-        help="a GPU used above this utilization by others is busy")
+        help="a GPU used above this utilization is busy (judged while none of our "
+        "jobs runs on it: utilization is one number for the whole GPU)")
     group.add_argument(
         "--only-idle", action="store_true",
         help="a GPU on which any process this scheduler did not start holds memory is busy")
@@ -122,7 +123,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lock-dir", type=Path, metavar="DIR",
         help="directory of the per-GPU lock files that keep two schedulers off the same "
-        f"GPU (default: {DEFAULT_LOCK_DIR})")
+        f"GPU (default: ${LOCK_DIR_VARIABLE}, else {DEFAULT_LOCK_DIR})")
     group.add_argument("--no-lock", action="store_true",
                        help="take no GPU locks: other schedulers are not kept off our GPUs")
 
@@ -261,9 +262,9 @@ def _gate(
 ) -> Optional["GpuGate"]:
     locks = None
     if not args.no_lock:
-        from .locks import DEFAULT_LOCK_DIR, GpuLocks, LockDirError, open_lock_dir
+        from .locks import GpuLocks, LockDirError, default_lock_dir, open_lock_dir
 
-        path = str(args.lock_dir) if args.lock_dir is not None else DEFAULT_LOCK_DIR
+        path = str(args.lock_dir) if args.lock_dir is not None else default_lock_dir()
         try:
             locks = GpuLocks(open_lock_dir(path))
         except LockDirError as exc:

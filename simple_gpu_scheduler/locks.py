@@ -35,6 +35,13 @@ from typing import Dict, Optional
 #: The default lock directory. /tmp and not $TMPDIR: TMPDIR can be per user
 #: (pam_tmpdir, macOS), and every user's schedulers must meet in one place.
 DEFAULT_LOCK_DIR = "/tmp/simple_gpu_scheduler-locks"
+#: Environment variable that moves the default (a site's shared directory, or
+#: a test suite that must not meet the schedulers of other suites).
+LOCK_DIR_VARIABLE = "SGS_LOCK_DIR"
+
+
+def default_lock_dir() -> str:
+    return os.environ.get(LOCK_DIR_VARIABLE) or DEFAULT_LOCK_DIR
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 

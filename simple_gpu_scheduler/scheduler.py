@@ -252,7 +252,7 @@ class Scheduler:
             self._said_unknown_memory = True
             self.console.line(
                 "jobs declare mem but the GPUs' memory size is unknown (no NVML or "
-                "nvidia-smi): pass --gpu-memory; until then such a job has its GPU alone")
+                "nvidia-smi): pass --gpu-memory; until then mem does not pack jobs")
         while True:
             gpus = self.pool.place(job)
             if gpus is None or self.gate is None or self.gate.lock(self.pool, gpus) is None:

@@ -164,6 +164,15 @@ def test_a_killed_scheduler_frees_its_gpus(tmp_path: Path) -> None:
                 pass
 
 
+def test_the_lock_dir_variable_moves_the_default(tmp_path: Path) -> None:
+    machine = FakeMachine(tmp_path, [])
+    moved = tmp_path / "moved"
+    result = run(["--gpus", "3"], env=machine.env("none", SGS_LOCK_DIR=str(moved)),
+                 input="true\n", timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert (moved / "gpu-3.lock").exists()
+
+
 def test_no_lock_opts_out(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [])
     env = machine.env("none")
