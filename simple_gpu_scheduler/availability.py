@@ -91,9 +91,8 @@ class GpuGate:
 
     def __init__(
         self, *, devices: Mapping[str, Device], backend: Optional[Backend],
-        limits: Optional[Limits],
-        locks: Optional[GpuLocks], lock_keys: Mapping[str, str], poll: float,
-        console: Console, clock: Callable[[], float] = time.monotonic,
+        limits: Optional[Limits], locks: Optional[GpuLocks], lock_keys: Mapping[str, str],
+        poll: float, console: Console, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         #: pool id -> the hardware behind it, where known
         self.devices = dict(devices)
@@ -107,9 +106,8 @@ class GpuGate:
         self._last: Optional[float] = None
         self._busy: Dict[str, str] = {}
         self._locked: Dict[str, str] = {}
+        #: what was said already, so that each news is said once
         self._said: Set[Tuple[str, ...]] = set()
-        #: how many times the hardware was sampled (for --verbose and tests)
-        self.samples = 0
 
     @property
     def watches_hardware(self) -> bool:
@@ -176,8 +174,10 @@ class GpuGate:
         if self.locks is None:
             return
         for gpu_id in gpus:
-            if pool.running_on(gpu_id) == 0:
-                self.locks.release(self.lock_keys.get(gpu_id, gpu_id))
+            key = self.lock_keys.get(gpu_id, gpu_id)
+            # Two ids may name one GPU (its index and its UUID): same lock.
+            if all(pool.running_on(i) == 0 for i in pool.ids if self.lock_keys.get(i, i) == key):
+                self.locks.release(key)
 
     def close(self) -> None:
         if self.locks is not None:
@@ -192,7 +192,6 @@ class GpuGate:
         watched = [(gpu_id, self.devices[gpu_id]) for gpu_id in pool.ids
                    if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
         samples = self.backend.sample([device for _, device in watched])
-        self.samples += 1
         for gpu_id, device in watched:
             usage = samples.get(device.id, Usage())
             if usage.lost is not None:

@@ -15,14 +15,14 @@
 Every other thread only posts events; the loop blocks on the queue with a
 timeout that is the next timer's deadline (kill escalation, the next look at
 busy or locked GPUs), so an idle scheduler sleeps in one blocking call and
-uses no CPU.
+uses no CPU. `queue.SimpleQueue.put` is reentrant, which is what makes it safe
+to call from a signal handler.
 
 Before placement, the `GpuGate` (when there is one) says which GPUs the
 outside world keeps from us: busy with other users' work, locked by another
 scheduler, lost. It looks at the hardware only while a job waits, at most
 every ``--poll`` seconds; a poll timer is set only when a waiting job could
-start if the outside world changed. `queue.SimpleQueue.put`
-is reentrant, which is what makes it safe to call from a signal handler.
+start if the outside world changed.
 """
 
 from __future__ import annotations
