@@ -91,6 +91,11 @@ def query(name: str, *args: Any) -> Any:
     except _pynvml.NVMLError as exc:
         lost = getattr(exc, "value", None) == getattr(_pynvml, "NVML_ERROR_GPU_IS_LOST", 15)
         return Unavailable(str(exc), lost=lost)
+    except Exception as exc:  # noqa: BLE001
+        # A binding that disagrees with its driver (a ctypes or decoding
+        # error): the question has no answer, but the run, whose jobs are
+        # already on the GPUs, must not die of it.
+        return Unavailable(f"{name} failed: {type(exc).__name__}: {exc}")
 
 
 def constant(name: str, default: int) -> int:
