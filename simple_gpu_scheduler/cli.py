@@ -165,11 +165,13 @@ def _main(argv: Optional[List[str]]) -> int:
     args = build_parser().parse_args(argv)
 
     # Imported here, after parsing, so `--help` and usage errors stay fast.
-    from .gpu_cli import list_gpus, plan_gpus
+    from .gpu_cli import plan_gpus
     from .output import Console, LogDir, Passthrough, Tagged
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     if args.list_gpus:
+        from .listing import list_gpus
+
         return list_gpus(args, console)
     plan = plan_gpus(args, console)
 

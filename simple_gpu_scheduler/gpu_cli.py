@@ -3,7 +3,7 @@
 `add_gpu_arguments` declares the options about GPUs (discovery, busy limits,
 JSON lines, memory packing, locks); `plan_gpus` turns them into a `GpuPlan`:
 the GPU ids to schedule on, what is known of each, and the `GpuGate` that
-watches them. `list_gpus` is ``--list-gpus``.
+watches them. ``--list-gpus`` is in `listing`.
 
 The hardware is asked only when an option needs it: ``--gpus 0,1`` with plain
 text input loads neither NVML nor ``nvidia-smi``, and then only the lock
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -140,13 +139,14 @@ class GpuPlan:
     gate: Optional["GpuGate"] = None
 
 
-def _usage_error(message: str) -> Exception:
+def usage_error(message: str) -> Exception:
+    """A `cli.UsageError` (imported late: cli imports this module)."""
     from .cli import UsageError
 
     return UsageError(message)
 
 
-def _limits(args: argparse.Namespace) -> Optional["Limits"]:
+def busy_limits(args: argparse.Namespace) -> Optional["Limits"]:
     """The busy limits, or None when none is given (and the module is not loaded)."""
     if args.max_gpu_memory is None and args.max_gpu_util is None and not args.only_idle:
         return None
@@ -155,32 +155,33 @@ def _limits(args: argparse.Namespace) -> Optional["Limits"]:
     return Limits(memory=args.max_gpu_memory, util=args.max_gpu_util, only_idle=args.only_idle)
 
 
-def _wants_all(values: Optional[Sequence[str]]) -> bool:
+def wants_all(values: Optional[Sequence[str]]) -> bool:
+    """Whether ``--gpus`` asks for every GPU found: not given, or ``all``."""
     if not values:
         return True
     if any(part.strip() == "all" for value in values for part in value.split(",")):
         if len(values) != 1 or values[0].strip() != "all":
-            raise _usage_error("--gpus all cannot be combined with GPU ids")
+            raise usage_error("--gpus all cannot be combined with GPU ids")
         return True
     return False
 
 
-def _discover(console: Optional["Console"]) -> Tuple[object, "Discovery", List["Device"]]:
+def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"]]:
     """Backend, discovery and the devices ``all`` means here (usage error if none)."""
-    from .devices import open_backend, select_visible
+    from .devices import select_visible
+    from .discovery import open_backend
 
     backend, found = open_backend()
     if backend is None:
-        raise _usage_error(f"{NO_GPUS} ({found.error})")
+        raise usage_error(f"{NO_GPUS} ({found.error})")
     selection = select_visible(found.devices, [d for d, _ in found.left_out], os.environ)
-    if console is not None:
-        for device, why in found.left_out:
-            console.line(f"gpu {device.index} left out: {why}")
-        for note in (*found.notes, *selection.notes):
-            console.line(note)
+    for device, why in found.left_out:
+        console.line(f"gpu {device.index} left out: {why}")
+    for note in (*found.notes, *selection.notes):
+        console.line(note)
     if not selection.devices:
         where = " in CUDA_VISIBLE_DEVICES" if "CUDA_VISIBLE_DEVICES" in os.environ else ""
-        raise _usage_error(f"{NO_GPUS} (none usable{where}; {found.source} found "
+        raise usage_error(f"{NO_GPUS} (none usable{where}; {found.source} found "
                            f"{len(found.devices) + len(found.left_out)})")
     return backend, found, list(selection.devices)
 
@@ -189,11 +190,11 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
     """Resolve ``--gpus`` and the options above into a `GpuPlan`, or a usage error."""
     from .cli import parse_gpu_ids
 
-    limits = _limits(args)
+    limits = busy_limits(args)
     devices: Dict[str, "Device"] = {}
     backend = None
-    if _wants_all(args.gpus):
-        backend, found, usable = _discover(console)
+    if wants_all(args.gpus):
+        backend, found, usable = discover_all(console)
         devices = {d.id: d for d in usable}
         ids = tuple(devices)
         console.info(f"found {len(ids)} GPU(s) through {found.source}: {', '.join(ids)}")
@@ -206,10 +207,10 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
 
     whole = [i for i in ids if not (i in devices and devices[i].is_mig)]
     if args.gpus_per_job > len(ids):
-        raise _usage_error(
+        raise usage_error(
             f"--gpus-per-job {args.gpus_per_job} is more than the {len(ids)} GPU(s) given")
     if 1 < args.gpus_per_job and args.gpus_per_job > len(whole):
-        raise _usage_error(
+        raise usage_error(
             f"--gpus-per-job {args.gpus_per_job}: only {len(whole)} whole GPU(s); MIG "
             "instances cannot be combined (CUDA gives a process one MIG instance)")
 
@@ -238,12 +239,13 @@ def _resolve(
 ) -> Tuple[object, Dict[str, "Device"]]:
     """The hardware behind explicit ``--gpus`` ids. A usage error when busy
     checks need it; otherwise what cannot be found is simply unknown."""
-    from .devices import open_backend, resolve_ids
+    from .devices import resolve_ids
+    from .discovery import open_backend
 
     backend, found = open_backend()
     if backend is None:
         if required:
-            raise _usage_error(
+            raise usage_error(
                 f"{BUSY_FLAGS} need NVML (pip install \"simple_gpu_scheduler[nvml]\") or "
                 f"nvidia-smi, and neither works here ({found.error})")
         return None, {}
@@ -251,7 +253,7 @@ def _resolve(
         return backend, resolve_ids(ids, found.devices)
     except ValueError as exc:
         if required:
-            raise _usage_error(f"--gpus: {exc}") from None
+            raise usage_error(f"--gpus: {exc}") from None
         console.info(f"--gpus: {exc}; the sizes of the GPUs are unknown")
         return None, {}
 
@@ -268,7 +270,7 @@ def _gate(
         try:
             locks = GpuLocks(open_lock_dir(path))
         except LockDirError as exc:
-            raise _usage_error(f"--lock-dir: {exc} (or pass --no-lock)") from None
+            raise usage_error(f"--lock-dir: {exc} (or pass --no-lock)") from None
     if locks is None and backend is None:
         return None
     from .availability import GpuGate
@@ -282,68 +284,3 @@ def _gate(
         devices=devices, backend=backend, limits=limits, locks=locks,  # type: ignore[arg-type]
         lock_keys=lock_keys, poll=args.poll, console=console,
     )
-
-
-# --- --list-gpus ----------------------------------------------------------------
-
-
-def list_gpus(args: argparse.Namespace, console: "Console") -> int:
-    """Print the GPUs a run would use, with their use and busy verdict, on stdout."""
-    from .busy import Limits, judge
-    from .devices import resolve_ids
-
-    limits = _limits(args) or Limits()
-    if _wants_all(args.gpus):
-        backend, found, usable = _discover(console)
-    else:
-        from .cli import parse_gpu_ids
-        from .devices import open_backend
-
-        backend, found = open_backend()
-        if backend is None:
-            raise _usage_error(f"{NO_GPUS} ({found.error})")
-        try:
-            usable = list(resolve_ids(parse_gpu_ids(args.gpus), found.devices).values())
-        except ValueError as exc:
-            raise _usage_error(f"--gpus: {exc}") from None
-    usages = backend.sample(usable)  # type: ignore[attr-defined]
-    rows = []
-    for device in usable:
-        usage = usages.get(device.id)
-        total = usage.mem_total if usage and usage.mem_total is not None else device.mem_total
-        used = usage.mem_used if usage and usage.mem_used is not None else device.mem_used
-        util = usage.util if usage and usage.util is not None else device.util
-        if usage is not None and usage.lost:
-            busy = f"lost: {usage.lost}"
-        elif usage is not None:
-            verdict = judge(usage, usage.processes, 0, 0, limits)
-            busy = f"yes: {verdict.busy}" if verdict.busy else "no"
-        else:
-            busy = "?"
-        rows.append((device.index, device.uuid, device.name, _memory(used, total),
-                     "-" if util is None else f"{util}%", busy))
-    lines = _table(("INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY"), rows)
-    try:
-        sys.stdout.write("".join(line + "\n" for line in lines))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # As the `signal` docs advise: point stdout at /dev/null so that the
-        # flush at exit does not fail a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    console.info(f"{len(rows)} GPU(s) through {found.source}; use the INDEX of a whole GPU "
-                 "or the UUID of a MIG instance with --gpus and in JSONL 'on'")
-    return 0
-
-
-def _memory(used: Optional[int], total: Optional[int]) -> str:
-    from .units import format_size
-
-    if total is None:
-        return "-"
-    return f"{'?' if used is None else format_size(used)} / {format_size(total)}"
-
-
-def _table(head: Tuple[str, ...], rows: Sequence[Tuple[str, ...]]) -> List[str]:
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-            for row in (head, *rows)]
