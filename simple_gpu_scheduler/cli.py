@@ -115,11 +115,13 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--gpus", nargs="+", metavar="ID",
         help="GPU ids to use, comma- or space-separated (ids, UUIDs or MIG ids, "
-        "passed verbatim in CUDA_VISIBLE_DEVICES)",
+        "passed verbatim in CUDA_VISIBLE_DEVICES), or all (the default): every GPU "
+        "NVML or nvidia-smi finds, within CUDA_VISIBLE_DEVICES if set",
     )
     parser.add_argument(
-        "--jobs-per-gpu", type=positive_int, default=1, metavar="K",
-        help="jobs that may share one GPU (default: %(default)s)",
+        "--jobs-per-gpu", type=positive_int, metavar="K",
+        help="jobs that may share one GPU (default: 1, except that jobs declaring "
+        "mem share a GPU as long as their memory fits)",
     )
     parser.add_argument(
         "--gpus-per-job", type=positive_int, default=1, metavar="N",
@@ -149,6 +151,9 @@ def build_parser() -> Parser:
                       help="print only failures, warnings and signal notices")
     talk.add_argument("-v", "--verbose", action="store_true", help="print more detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    from .gpu_cli import add_gpu_arguments
+
+    add_gpu_arguments(parser)
     return parser
 
 
@@ -248,19 +253,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]]) -> int:
     args = build_parser().parse_args(argv)
-    if not args.gpus:
-        raise UsageError("--gpus is required, e.g. --gpus 0,1")
-    gpus = parse_gpu_ids(args.gpus)
-    if args.gpus_per_job > len(gpus):
-        raise UsageError(
-            f"--gpus-per-job {args.gpus_per_job} is more than the {len(gpus)} GPU(s) given")
 
     if (args.resume or args.resume_failed) and not args.joblog:
         flag = "--resume" if args.resume else "--resume-failed"
         raise UsageError(f"{flag} needs --joblog FILE to know what is done")
 
     # Imported here, after parsing, so `--help` and usage errors stay fast.
+    from .gpu_cli import plan_gpus
     from .output import Console, LogDir, Passthrough, Tagged
+
+    console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    if args.list_gpus:
+        from .listing import list_gpus
+
+        return list_gpus(args, console)
+    plan = plan_gpus(args, console)
+
     from .scheduler import Config, Scheduler
 
     if args.log_dir is not None:
@@ -276,7 +284,6 @@ def _main(argv: Optional[List[str]]) -> int:
     else:
         output = Passthrough()
 
-    console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     joblog = resume_filter = resume_hint = progress = None
     if args.joblog:
         joblog, resume_filter = open_joblog(args.joblog, args.resume, args.resume_failed, console)
@@ -288,8 +295,8 @@ def _main(argv: Optional[List[str]]) -> int:
 
         progress = ProgressLine(tty=os.isatty(2))
     config = Config(
-        gpus=gpus,
-        jobs_per_gpu=args.jobs_per_gpu,
+        gpus=plan.ids,
+        jobs_per_gpu=plan.jobs_per_gpu,
         gpus_per_job=args.gpus_per_job,
         shell=args.shell,
         kill_grace=args.kill_grace,
@@ -301,6 +308,12 @@ def _main(argv: Optional[List[str]]) -> int:
         resume=resume_filter,
         progress=progress,
         resume_hint=resume_hint,
+        gpu_memory=plan.memory,
+        mig=plan.mig,
+        aliases=plan.aliases,
+        gate=plan.gate,
+        input_format=args.input,
+        backfill=args.backfill,
     )
     if sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")

@@ -32,6 +32,8 @@ class RawCommand:
 
     text: bytes
     invalid: Optional[str] = None
+    #: The input line it starts on, counting every line from 1 (0: unknown).
+    line: int = 0
 
 
 class LineSplitter:
@@ -97,17 +99,25 @@ class CommandAssembler:
     - blank lines and lines whose first non-blank byte is ``#`` are skipped;
     - a line ending in a backslash continues on the next one: the lines are
       joined with their newline, backslash kept, and the shell removes the pair
-      exactly as it would in a script.
+      exactly as it would in a script. Not with ``continuation=False`` (JSON
+      lines): there a bad line must not swallow the good one after it.
+
+    Every line is counted, so a command knows the line it starts on.
     """
 
-    def __init__(self, limit: int = MAX_COMMAND_BYTES) -> None:
+    def __init__(self, limit: int = MAX_COMMAND_BYTES, continuation: bool = True) -> None:
         self._limit = limit
+        self._continuation = continuation
         self._parts: List[bytes] = []
         self._overlong: Optional[int] = None
+        self._lines = 0
+        self._start = 0
 
     def feed(self, line: Line) -> Optional[RawCommand]:
+        self._lines += 1
         data = line.data[:-1] if line.data.endswith(b"\r") else line.data
         if not self._parts and self._overlong is None:
+            self._start = self._lines
             stripped = data.strip()
             if line.overlong is None and (not stripped or stripped.startswith(b"#")):
                 return None
@@ -115,7 +125,7 @@ class CommandAssembler:
             self._overlong = (self._overlong or 0) + line.overlong
         else:
             self._parts.append(data)
-        if line.overlong is None and _continues(data):
+        if line.overlong is None and self._continuation and _continues(data):
             return None
         return self._emit()
 
@@ -136,7 +146,8 @@ class CommandAssembler:
                 text[:200],
                 invalid=f"the command is {size} bytes long; the kernel allows "
                 f"at most {self._limit} bytes in one argument",
+                line=self._start,
             )
         if b"\0" in text:
-            return RawCommand(text, invalid="the command contains a NUL byte")
-        return RawCommand(text)
+            return RawCommand(text, invalid="the command contains a NUL byte", line=self._start)
+        return RawCommand(text, line=self._start)

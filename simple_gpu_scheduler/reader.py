@@ -38,7 +38,8 @@ JobFactory = Callable[[int, RawCommand], Job]
 
 class Reader(threading.Thread):
     def __init__(
-        self, fd: int, make_job: JobFactory, post: Callable[[object], None], read_ahead: int
+        self, fd: int, make_job: JobFactory, post: Callable[[object], None], read_ahead: int,
+        continuation: bool = True,
     ) -> None:
         # Daemon: at exit the thread may still block in read(); nothing of
         # ours is lost by leaving it there.
@@ -48,6 +49,7 @@ class Reader(threading.Thread):
         self._post = post
         self._room = threading.Semaphore(read_ahead)
         self._count = 0
+        self._continuation = continuation
 
     def job_taken(self) -> None:
         """The loop started (or dropped) a job: one more may be read."""
@@ -55,7 +57,7 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         splitter = LineSplitter()
-        assembler = CommandAssembler()
+        assembler = CommandAssembler(continuation=self._continuation)
         try:
             while True:
                 chunk = os.read(self._fd, CHUNK)

@@ -13,9 +13,16 @@
                                  Console lines (stderr) ◀── outcome ────┘
 
 Every other thread only posts events; the loop blocks on the queue with a
-timeout that is the next timer's deadline (kill escalation), so an idle
-scheduler sleeps in one blocking call and uses no CPU. `queue.SimpleQueue.put`
-is reentrant, which is what makes it safe to call from a signal handler.
+timeout that is the next timer's deadline (kill escalation, the next look at
+busy or locked GPUs), so an idle scheduler sleeps in one blocking call and
+uses no CPU. `queue.SimpleQueue.put` is reentrant, which is what makes it safe
+to call from a signal handler.
+
+Before placement, the `GpuGate` (when there is one) says which GPUs the
+outside world keeps from us: busy with other users' work, locked by another
+scheduler, lost. It looks at the hardware only while a job waits, at most
+every ``--poll`` seconds; a poll timer is set only when a waiting job could
+start if the outside world changed.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from .inputs import RawCommand
 from .jobs import (
@@ -42,6 +49,9 @@ from .placement import GpuPool
 from .progress import ProgressLine, summary_lines
 from .reader import InputEnded, JobRead, Reader
 from .state import RunState, status_table
+
+if TYPE_CHECKING:
+    from .availability import GpuGate
 
 #: Signals that stop the run: the first drains, later ones terminate.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -62,7 +72,8 @@ class JobExited:
 @dataclass
 class Config:
     gpus: Tuple[str, ...]
-    jobs_per_gpu: int = 1
+    #: None: jobs that declare `mem` share a GPU by memory, others have it alone.
+    jobs_per_gpu: Optional[int] = 1
     gpus_per_job: int = 1
     shell: Optional[str] = None
     kill_grace: float = 10.0
@@ -77,6 +88,20 @@ class Config:
     progress: Optional[ProgressLine] = None
     #: The command line that resumes this run, for the summary.
     resume_hint: Optional[str] = None
+
+    # --- what is known about the GPUs, and the options about them -----------
+    #: GPU id -> bytes jobs' `mem` may add up to (``--gpu-memory`` or reported size)
+    gpu_memory: Mapping[str, int] = field(default_factory=dict)
+    #: GPU ids that are MIG instances
+    mig: FrozenSet[str] = frozenset()
+    #: other names of GPU ids for JSONL ``on`` (UUIDs)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    #: busy checks, locks, lost GPUs; None when none of these apply
+    gate: Optional["GpuGate"] = None
+    #: "text" (one command per line) or "jsonl" (one JSON object per line)
+    input_format: str = "text"
+    #: later jobs that fit now may start before a waiting earlier one
+    backfill: bool = False
 
 
 class Timer:
@@ -128,7 +153,11 @@ class Scheduler:
         self.config = config
         self.console = console
         self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()
-        self.pool = GpuPool(config.gpus, config.jobs_per_gpu)
+        self.pool = GpuPool(
+            config.gpus, config.jobs_per_gpu, memory=config.gpu_memory, mig=config.mig)
+        self.gate = config.gate
+        self._poll_armed = False
+        self._said_unknown_memory = False
         self.state = RunState()
         self.launcher = LocalLauncher(
             on_exit=lambda execution: self.events.put(JobExited(execution)),
@@ -137,6 +166,7 @@ class Scheduler:
         self.reader = Reader(
             stdin_fd, self.make_job, self.events.put,
             read_ahead=max(8, 2 * self.pool.total_slots),
+            continuation=config.input_format != "jsonl",
         )
         self.timers = Timers()
         self.executions: Dict[int, Execution] = {}
@@ -154,7 +184,16 @@ class Scheduler:
     # --- building jobs --------------------------------------------------------
 
     def make_job(self, seq: int, raw: RawCommand) -> Job:
-        """A plain-text line becomes a job with the command-line defaults."""
+        """A plain-text line becomes a job with the command-line defaults; a JSON
+        line (``--input jsonl``) brings its own. Runs in the reader thread."""
+        if self.config.input_format == "jsonl":
+            from .jobspec import Defaults, parse_job
+
+            defaults = Defaults(
+                gpus=self.config.gpus_per_job, aliases=self.config.aliases,
+                timeout=self.config.timeout, retries=self.config.retries,
+            )
+            return parse_job(seq, raw, defaults)
         return Job(
             id=seq, command=raw.text, gpus=self.config.gpus_per_job, invalid=raw.invalid,
             timeout=self.config.timeout, retries=self.config.retries,
@@ -183,6 +222,8 @@ class Scheduler:
                 send_group(pgid, signal.SIGKILL)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.gate is not None:
+                self.gate.close()
             if self.config.progress is not None:
                 self.config.progress.close()
         self._summary()
@@ -231,23 +272,81 @@ class Scheduler:
             self.state.pending.append(job)
 
     def _dispatch(self) -> None:
-        """Start queued jobs, first in first out, while their GPUs are free."""
+        """Start queued jobs while their GPUs are free.
+
+        Jobs go by (priority, input order): first in first out unless JSONL
+        priorities say otherwise. When the first cannot be placed it waits and
+        nothing overtakes it, so a big job is never starved by small ones; with
+        ``--backfill`` later jobs that fit now start before it. A job that can
+        never run here fails at once instead of waiting forever.
+        """
         pending = self.state.pending
-        while pending and not self.stop_level:
-            job = pending[0]
+        if not pending or self.stop_level:
+            return
+        if self.gate is not None:
+            self.gate.refresh(self.pool, self._leaders())  # may find a GPU lost
+        for job in list(pending):
             impossible = self.pool.impossible(job)
             if job.invalid or impossible:
-                pending.popleft()
+                pending.remove(job)
                 self._taken(job)
                 reason = job.invalid or f"it can never run here: {impossible}"
                 self._ended(job, (), FailedToStart(reason), time.time(), 0.0, final=True)
-                continue
+        progress = True
+        while progress and pending and not self.stop_level:
+            progress = False
+            for job in sorted(pending, key=lambda j: (j.priority, j.id)):
+                gpus = self._place(job)
+                if gpus is not None:
+                    pending.remove(job)
+                    self._taken(job)
+                    self._start(job, gpus)
+                    progress = True
+                    break
+                self._wait_for_outside(job)
+                if not self.config.backfill:
+                    return
+
+    def _place(self, job: Job) -> Optional[Tuple[str, ...]]:
+        """The pool's placement, with the GPUs' locks taken; a GPU whose lock
+        another scheduler holds is busy for now and the job is placed again."""
+        if job.mem is not None and not self._said_unknown_memory and not self.config.gpu_memory:
+            self._said_unknown_memory = True
+            self.console.line(
+                "jobs declare mem but the GPUs' memory size is unknown (no NVML or "
+                "nvidia-smi): pass --gpu-memory; until then mem does not pack jobs")
+        while True:
             gpus = self.pool.place(job)
-            if gpus is None:
-                return
-            pending.popleft()
-            self._taken(job)
-            self._start(job, gpus)
+            if gpus is None or self.gate is None or self.gate.lock(self.pool, gpus) is None:
+                return gpus
+
+    def _wait_for_outside(self, job: Job) -> None:
+        """`job` cannot start now. If it could once the outside world changes
+        (a busy GPU frees, another scheduler lets go), look again in ``--poll``
+        seconds; if only our own jobs' ends can help, their events will."""
+        if self.gate is None or self._poll_armed or self.pool.place(job, ideal=True) is None:
+            return
+        self._poll_armed = True
+
+        def poll() -> None:
+            self._poll_armed = False
+            if self.gate is not None:
+                self.gate.expire()
+
+        self.timers.at(self.gate.next_check(), poll)
+
+    def _leaders(self) -> Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]]:
+        """Our process groups, for telling our processes on a GPU from others'."""
+        leaders: Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]] = dict.fromkeys(self.lingering)
+        for execution in self.executions.values():
+            leaders[execution.pid] = (execution.job, execution.gpus)
+        return leaders
+
+    def _free_gpus(self, job: Job, gpus: Tuple[str, ...]) -> None:
+        self.pool.release(gpus, job)
+        if self.gate is not None:
+            self.gate.unlock_unused(self.pool, gpus)
+            self.gate.job_ended(self.pool)
 
     def _taken(self, job: Job) -> None:
         """A job left the queue: the reader may read one more, unless this was a retry."""
@@ -256,11 +355,11 @@ class Scheduler:
 
     def _start(self, job: Job, gpus: Tuple[str, ...]) -> None:
         job.attempts += 1
-        self.pool.take(gpus)
+        self.pool.take(gpus, job)
         try:
             execution = self.launcher.start(job, gpus)
         except LaunchError as exc:
-            self.pool.release(gpus)
+            self._free_gpus(job, gpus)
             self._ended(job, gpus, FailedToStart(str(exc)), time.time(), 0.0)
             return
         self.executions[job.id] = execution
@@ -291,8 +390,8 @@ class Scheduler:
     def _job_exited(self, execution: Execution) -> None:
         outcome: Outcome = execution.collect()
         job = execution.job
-        self.pool.release(execution.gpus)
         del self.executions[job.id]
+        self._free_gpus(job, execution.gpus)
         deadline = self.deadlines.pop(job.id, None)
         if deadline is not None:
             deadline.cancel()

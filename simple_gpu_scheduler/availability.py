@@ -1,0 +1,236 @@
+"""Which GPUs may take a job now, beyond our own bookkeeping.
+
+Three things outside this scheduler can keep a free slot from being used:
+another user's work (busy by ``--max-gpu-memory``, ``--max-gpu-util``,
+``--only-idle``), another scheduler holding the GPU's lock, and a GPU that
+NVML reports lost. The `GpuGate` finds out and tells the `GpuPool`
+(`set_available`, `observe`, `mark_lost`); the pool stays pure.
+
+When it looks is the scheduler's decision, made for it here: `refresh` does
+nothing until `poll` seconds have passed since the last look, and the loop
+only calls it while a job is waiting, so an idle scheduler never touches the
+hardware.
+
+"Processes this scheduler did not start" are told apart by process group and
+session: every job runs in a session of its own whose id is the job's first
+pid, so any process on a GPU whose group or session is one of our jobs' is
+ours, grandchildren included. (A process that made itself a new session, or
+one in another PID namespace, counts as somebody else's: the safe side.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+from .jobs import Job
+from .output import Console
+from .placement import GpuPool
+
+if TYPE_CHECKING:
+    # Only for hints: a run that watches no hardware (``--gpus 0``, locks only)
+    # never loads the device and busy modules.
+    from .busy import Limits
+    from .devices import Backend, Device, GpuProcess, Usage
+    from .locks import GpuLocks
+
+#: Our process groups: job leader pid -> (job, its GPUs); None for what an
+#: ended job left behind (still ours, being terminated).
+Leaders = Mapping[int, Optional[Tuple[Job, Tuple[str, ...]]]]
+
+
+def owner(pid: int, leaders: Leaders) -> Tuple[bool, Optional[int]]:
+    """(exists, our leader pid or None) for a process seen on a GPU."""
+    try:
+        group = os.getpgid(pid)
+        session = os.getsid(pid)
+    except ProcessLookupError:
+        return False, None  # it ended between the driver's list and now
+    except PermissionError:
+        return True, None
+    for leader in (group, session):
+        if leader in leaders:
+            return True, leader
+    return True, None
+
+
+def split_processes(
+    processes: Optional[Sequence[GpuProcess]], leaders: Leaders,
+    owner_of: Callable[[int, Leaders], Tuple[bool, Optional[int]]] = owner,
+) -> Tuple[Optional[List[GpuProcess]], Dict[int, int]]:
+    """The others' processes, and the bytes each of our leaders' groups holds."""
+    if processes is None:
+        return None, {}
+    others: List[GpuProcess] = []
+    ours: Dict[int, int] = {}
+    for process in processes:
+        exists, leader = owner_of(process.pid, leaders)
+        if not exists:
+            continue
+        if leader is None:
+            others.append(process)
+        else:
+            ours[leader] = ours.get(leader, 0) + (process.used or 0)
+    return others, ours
+
+
+class GpuGate:
+    """Busy checks, locks and lost GPUs for the GPUs of one pool."""
+
+    def __init__(
+        self, *, devices: Mapping[str, Device], backend: Optional[Backend],
+        limits: Optional[Limits], locks: Optional[GpuLocks], lock_keys: Mapping[str, str],
+        poll: float, console: Console, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        #: pool id -> the hardware behind it, where known
+        self.devices = dict(devices)
+        self.backend = backend
+        self.limits = limits
+        self.locks = locks
+        self.lock_keys = dict(lock_keys)
+        self.poll = poll
+        self.console = console
+        self._clock = clock
+        self._last: Optional[float] = None
+        self._busy: Dict[str, str] = {}
+        self._locked: Dict[str, str] = {}
+        #: what was said already, so that each news is said once
+        self._said: Set[Tuple[str, ...]] = set()
+
+    @property
+    def watches_hardware(self) -> bool:
+        return self.backend is not None and bool(self.devices)
+
+    def next_check(self) -> float:
+        """When a look at the GPUs could next tell something new."""
+        return (self._last if self._last is not None else self._clock()) + self.poll
+
+    def expire(self) -> None:
+        """Let the next `refresh` look again (the poll interval has passed)."""
+        self._last = None
+
+    def refresh(self, pool: GpuPool, leaders: Leaders) -> None:
+        """Look at the GPUs again if the last look is `poll` seconds old."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.poll:
+            return
+        self._last = now
+        self._locked.clear()  # locks are tried again when a job is placed
+        if self.watches_hardware:
+            self._sample(pool, leaders)
+        for gpu_id in pool.ids:
+            self._apply(pool, gpu_id)
+
+    def job_ended(self, pool: GpuPool) -> None:
+        """One of our jobs ended: a GPU another scheduler held may be ours to try."""
+        if self._locked:
+            self._locked.clear()
+            for gpu_id in pool.ids:
+                self._apply(pool, gpu_id)
+
+    # --- locks ----------------------------------------------------------------
+
+    def lock(self, pool: GpuPool, gpus: Iterable[str]) -> Optional[str]:
+        """Take the locks of `gpus`; None when all are ours, else the GPU that
+        another scheduler holds (now marked unavailable). On failure the locks
+        taken by this call are given back: a job starts with all its GPUs or
+        holds none of them."""
+        if self.locks is None:
+            return None
+        taken: List[str] = []
+        for gpu_id in gpus:
+            key = self.lock_keys.get(gpu_id, gpu_id)
+            if self.locks.held(key):
+                continue
+            problem = self.locks.acquire(key)
+            if problem is None:
+                taken.append(key)
+                self._said.discard(("locked", gpu_id))  # say it again if it is taken again
+                continue
+            for key_taken in taken:
+                self.locks.release(key_taken)
+            self._locked[gpu_id] = f"in use by another scheduler ({problem})"
+            if ("locked", gpu_id) not in self._said:
+                self._said.add(("locked", gpu_id))
+                self.console.info(f"gpu {gpu_id}: {problem}; waiting for it")
+            self._apply(pool, gpu_id)
+            return gpu_id
+        return None
+
+    def unlock_unused(self, pool: GpuPool, gpus: Iterable[str]) -> None:
+        """Give back the locks of those `gpus` where no job of ours runs any more."""
+        if self.locks is None:
+            return
+        for gpu_id in gpus:
+            key = self.lock_keys.get(gpu_id, gpu_id)
+            # Two ids may name one GPU (its index and its UUID): same lock.
+            if all(pool.running_on(i) == 0 for i in pool.ids if self.lock_keys.get(i, i) == key):
+                self.locks.release(key)
+
+    def close(self) -> None:
+        if self.locks is not None:
+            self.locks.close()
+
+    # --- the hardware -----------------------------------------------------------
+
+    def _sample(self, pool: GpuPool, leaders: Leaders) -> None:
+        from .devices import Usage
+
+        assert self.backend is not None
+        watched = [(gpu_id, self.devices[gpu_id]) for gpu_id in pool.ids
+                   if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
+        samples = self.backend.sample([device for _, device in watched])
+        for gpu_id, device in watched:
+            usage = samples.get(device.id, Usage())
+            if usage.lost is not None:
+                pool.mark_lost(gpu_id, usage.lost)
+                self._busy.pop(gpu_id, None)
+                self.console.line(f"gpu {gpu_id} is lost ({usage.lost}); no more jobs go there")
+                continue
+            self._judge(pool, gpu_id, usage, leaders)
+
+    def _judge(self, pool: GpuPool, gpu_id: str, usage: Usage, leaders: Leaders) -> None:
+        from .busy import excess_memory, judge, others_memory
+
+        others, ours = split_processes(usage.processes, leaders)
+        slots = pool.gpu(gpu_id)
+        # Our jobs' overruns: what each uses beyond the memory booked for it.
+        held: List[Tuple[int, int]] = []
+        for leader, used in ours.items():
+            entry = leaders.get(leader)
+            job = entry[0] if entry is not None else None
+            booked = job.mem if job is not None and job.mem is not None and slots.memory else 0
+            held.append((used, booked or 0))
+        outside = others_memory(usage, others, sum(ours.values())) or 0
+        pool.observe(gpu_id, usage.mem_total, outside + excess_memory(held))
+        if self.limits is None or not self.limits.active:
+            return
+        verdict = judge(usage, others, sum(ours.values()), slots.running, self.limits)
+        for check in verdict.unmeasured:
+            if ("unmeasured", gpu_id, check) not in self._said:
+                self._said.add(("unmeasured", gpu_id, check))
+                self.console.info(f"gpu {gpu_id}: its {check} cannot be measured here; "
+                                  "that busy check is not made on it")
+        was = self._busy.get(gpu_id)
+        if verdict.busy is not None:
+            self._busy[gpu_id] = verdict.busy
+            if was is None:
+                self.console.info(f"gpu {gpu_id} is busy: {verdict.busy}; waiting for it")
+        elif was is not None:
+            del self._busy[gpu_id]
+            self.console.info(f"gpu {gpu_id} is no longer busy")
+
+    def _apply(self, pool: GpuPool, gpu_id: str) -> None:
+        pool.set_available(gpu_id, self._busy.get(gpu_id) or self._locked.get(gpu_id))

@@ -1,0 +1,286 @@
+"""The command line's GPU options, and what they resolve to before a run.
+
+`add_gpu_arguments` declares the options about GPUs (discovery, busy limits,
+JSON lines, memory packing, locks); `plan_gpus` turns them into a `GpuPlan`:
+the GPU ids to schedule on, what is known of each, and the `GpuGate` that
+watches them. ``--list-gpus`` is in `listing`.
+
+The hardware is asked only when an option needs it: ``--gpus 0,1`` with plain
+text input loads neither NVML nor ``nvidia-smi``, and then only the lock
+module is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .availability import GpuGate
+    from .busy import Limits
+    from .devices import Device, Discovery
+    from .output import Console
+
+NO_GPUS = "no GPUs found; pass --gpus"
+BUSY_FLAGS = "--max-gpu-memory, --max-gpu-util and --only-idle"
+
+
+def _fraction_or_size(text: str) -> object:
+    from .busy import parse_memory_limit
+
+    try:
+        return parse_memory_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_fraction_or_size.__name__ = "fraction or size"
+
+
+def _size(text: str) -> int:
+    from .units import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size above 0, got {text!r}")
+    return value
+
+
+_size.__name__ = "size"
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+_percent.__name__ = "percentage"
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+_interval.__name__ = "seconds"
+
+
+def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this module, in their own help section."""
+    from .locks import DEFAULT_LOCK_DIR, LOCK_DIR_VARIABLE
+
+    group = parser.add_argument_group(
+        "GPUs in use by others, per-job requirements and locks",
+        "Without --gpus (or with --gpus all) the GPUs are found through NVML, else "
+        "nvidia-smi, limited to CUDA_VISIBLE_DEVICES when that is set.")
+    group.add_argument("--list-gpus", action="store_true",
+                       help="print the GPUs found, their use and whether they are busy, and exit")
+    group.add_argument(
+        "--max-gpu-memory", type=_fraction_or_size, metavar="FRACTION|SIZE",
+        help="a GPU on which other processes use more memory than this (0.1, 10%%, 4GiB) "
+        "is busy: no job starts there until it falls below")
+    group.add_argument(
+        "--max-gpu-util", type=_percent, metavar="PERCENT",
+        help="a GPU used above this utilization is busy (judged while none of our "
+        "jobs runs on it: utilization is one number for the whole GPU)")
+    group.add_argument(
+        "--only-idle", action="store_true",
+        help="a GPU on which any process this scheduler did not start holds memory is busy")
+    group.add_argument(
+        "--poll", type=_interval, default=10.0, metavar="SECONDS",
+        help="while a job waits for a busy or locked GPU, look again this often "
+        "(default: %(default)g)")
+    group.add_argument(
+        "--input", choices=("text", "jsonl"), default="text",
+        help="text: one shell command per line; jsonl: one JSON object per line with "
+        "cmd and optional gpus, mem, on, name, priority, env, cwd, timeout, retries "
+        "(default: %(default)s)")
+    group.add_argument(
+        "--gpu-memory", type=_size, metavar="SIZE",
+        help="memory of each GPU that jobs' mem may add up to "
+        "(default: the size NVML or nvidia-smi reports)")
+    group.add_argument(
+        "--backfill", action="store_true",
+        help="when the next job must wait, later jobs that fit now may start first "
+        "(default: first in first out, nothing overtakes a waiting job)")
+    group.add_argument(
+        "--lock-dir", type=Path, metavar="DIR",
+        help="directory of the per-GPU lock files that keep two schedulers off the same "
+        f"GPU (default: ${LOCK_DIR_VARIABLE}, else {DEFAULT_LOCK_DIR})")
+    group.add_argument("--no-lock", action="store_true",
+                       help="take no GPU locks: other schedulers are not kept off our GPUs")
+
+
+@dataclass
+class GpuPlan:
+    """What a run schedules on, and what is known about it."""
+
+    ids: Tuple[str, ...]
+    jobs_per_gpu: Optional[int]
+    memory: Dict[str, int] = field(default_factory=dict)
+    mig: FrozenSet[str] = frozenset()
+    aliases: Dict[str, str] = field(default_factory=dict)
+    gate: Optional["GpuGate"] = None
+
+
+def usage_error(message: str) -> Exception:
+    """A `cli.UsageError` (imported late: cli imports this module)."""
+    from .cli import UsageError
+
+    return UsageError(message)
+
+
+def busy_limits(args: argparse.Namespace) -> Optional["Limits"]:
+    """The busy limits, or None when none is given (and the module is not loaded)."""
+    if args.max_gpu_memory is None and args.max_gpu_util is None and not args.only_idle:
+        return None
+    from .busy import Limits
+
+    return Limits(memory=args.max_gpu_memory, util=args.max_gpu_util, only_idle=args.only_idle)
+
+
+def wants_all(values: Optional[Sequence[str]]) -> bool:
+    """Whether ``--gpus`` asks for every GPU found: not given, or ``all``."""
+    if not values:
+        return True
+    if any(part.strip() == "all" for value in values for part in value.split(",")):
+        if len(values) != 1 or values[0].strip() != "all":
+            raise usage_error("--gpus all cannot be combined with GPU ids")
+        return True
+    return False
+
+
+def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"]]:
+    """Backend, discovery and the devices ``all`` means here (usage error if none)."""
+    from .devices import select_visible
+    from .discovery import open_backend
+
+    backend, found = open_backend()
+    if backend is None:
+        raise usage_error(f"{NO_GPUS} ({found.error})")
+    selection = select_visible(found.devices, [d for d, _ in found.left_out], os.environ)
+    for device, why in found.left_out:
+        console.line(f"gpu {device.index} left out: {why}")
+    for note in (*found.notes, *selection.notes):
+        console.line(note)
+    if not selection.devices:
+        where = " in CUDA_VISIBLE_DEVICES" if "CUDA_VISIBLE_DEVICES" in os.environ else ""
+        raise usage_error(f"{NO_GPUS} (none usable{where}; {found.source} found "
+                           f"{len(found.devices) + len(found.left_out)})")
+    return backend, found, list(selection.devices)
+
+
+def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
+    """Resolve ``--gpus`` and the options above into a `GpuPlan`, or a usage error."""
+    from .cli import parse_gpu_ids
+
+    limits = busy_limits(args)
+    devices: Dict[str, "Device"] = {}
+    backend = None
+    if wants_all(args.gpus):
+        backend, found, usable = discover_all(console)
+        devices = {d.id: d for d in usable}
+        ids = tuple(devices)
+        console.info(f"found {len(ids)} GPU(s) through {found.source}: {', '.join(ids)}")
+    else:
+        ids = parse_gpu_ids(args.gpus)
+        needs = limits is not None or (args.input == "jsonl" and args.gpu_memory is None) \
+            or any(i.startswith("GPU-") for i in ids)
+        if needs:
+            backend, devices = _resolve(ids, limits is not None, console)
+
+    whole = [i for i in ids if not (i in devices and devices[i].is_mig)]
+    if args.gpus_per_job > len(ids):
+        raise usage_error(
+            f"--gpus-per-job {args.gpus_per_job} is more than the {len(ids)} GPU(s) given")
+    if 1 < args.gpus_per_job and args.gpus_per_job > len(whole):
+        raise usage_error(
+            f"--gpus-per-job {args.gpus_per_job}: only {len(whole)} whole GPU(s); MIG "
+            "instances cannot be combined (CUDA gives a process one MIG instance)")
+
+    memory: Dict[str, int] = {}
+    for gpu_id in ids:
+        size = args.gpu_memory or (devices[gpu_id].mem_total if gpu_id in devices else None)
+        if size:
+            memory[gpu_id] = size
+    aliases: Dict[str, str] = {}
+    for gpu_id, device in devices.items():
+        aliases[device.uuid] = gpu_id
+        if not device.is_mig:
+            aliases[device.index] = gpu_id
+        aliases[gpu_id] = gpu_id
+
+    plan = GpuPlan(
+        ids=ids, jobs_per_gpu=args.jobs_per_gpu, memory=memory,
+        mig=frozenset(i for i, d in devices.items() if d.is_mig), aliases=aliases,
+    )
+    plan.gate = _gate(args, ids, devices, backend, limits, console)
+    return plan
+
+
+def _resolve(
+    ids: Sequence[str], required: bool, console: "Console"
+) -> Tuple[object, Dict[str, "Device"]]:
+    """The hardware behind explicit ``--gpus`` ids. A usage error when busy
+    checks need it; otherwise what cannot be found is simply unknown."""
+    from .devices import resolve_ids
+    from .discovery import open_backend
+
+    backend, found = open_backend()
+    if backend is None:
+        if required:
+            raise usage_error(
+                f"{BUSY_FLAGS} need NVML (pip install \"simple_gpu_scheduler[nvml]\") or "
+                f"nvidia-smi, and neither works here ({found.error})")
+        return None, {}
+    try:
+        return backend, resolve_ids(ids, found.devices)
+    except ValueError as exc:
+        if required:
+            raise usage_error(f"--gpus: {exc}") from None
+        console.info(f"--gpus: {exc}; the sizes of the GPUs are unknown")
+        return None, {}
+
+
+def _gate(
+    args: argparse.Namespace, ids: Sequence[str], devices: Dict[str, "Device"],
+    backend: object, limits: Optional["Limits"], console: "Console",
+) -> Optional["GpuGate"]:
+    locks = None
+    if not args.no_lock:
+        from .locks import GpuLocks, LockDirError, default_lock_dir, open_lock_dir
+
+        path = str(args.lock_dir) if args.lock_dir is not None else default_lock_dir()
+        try:
+            locks = GpuLocks(open_lock_dir(path))
+        except LockDirError as exc:
+            raise usage_error(f"--lock-dir: {exc} (or pass --no-lock)") from None
+    if locks is None and backend is None:
+        return None
+    from .availability import GpuGate
+
+    lock_keys = {
+        gpu_id: devices[gpu_id].lock_key if gpu_id in devices
+        else (str(int(gpu_id)) if gpu_id.isdigit() else gpu_id)
+        for gpu_id in ids
+    }
+    return GpuGate(
+        devices=devices, backend=backend, limits=limits, locks=locks,  # type: ignore[arg-type]
+        lock_keys=lock_keys, poll=args.poll, console=console,
+    )
