@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, List, NoReturn, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ def build_parser() -> Parser:
         help="prefix every line a job prints with [<job id>|gpu <ids>]",
     )
     out.add_argument(
-        "--log-dir", type=Path, metavar="DIR",
+        "--log-dir", metavar="DIR",
         help="write each job's output to DIR/<job id>.out and .err (DIR is created)",
     )
     parser.add_argument(
@@ -249,6 +248,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
+    except Exception as exc:  # a bug of ours: still one line, not a traceback
+        if os.environ.get("SGS_DEBUG"):
+            raise
+        _say(f"simple_gpu_scheduler: internal error: {type(exc).__name__}: {exc} "
+             "(SGS_DEBUG=1 shows the traceback; please report it)")
+        return EXIT_FAILED
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -273,7 +278,7 @@ def _main(argv: Optional[List[str]]) -> int:
 
     if args.log_dir is not None:
         try:
-            args.log_dir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(args.log_dir, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--log-dir: cannot create {args.log_dir}: {exc.strerror}") from None
         output = LogDir(args.log_dir)

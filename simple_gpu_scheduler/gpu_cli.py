@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
@@ -120,23 +118,29 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the next job must wait, later jobs that fit now may start first "
         "(default: first in first out, nothing overtakes a waiting job)")
     group.add_argument(
-        "--lock-dir", type=Path, metavar="DIR",
+        "--lock-dir", metavar="DIR",
         help="directory of the per-GPU lock files that keep two schedulers off the same "
         f"GPU (default: ${LOCK_DIR_VARIABLE}, else {DEFAULT_LOCK_DIR})")
     group.add_argument("--no-lock", action="store_true",
                        help="take no GPU locks: other schedulers are not kept off our GPUs")
 
 
-@dataclass
 class GpuPlan:
     """What a run schedules on, and what is known about it."""
 
-    ids: Tuple[str, ...]
-    jobs_per_gpu: Optional[int]
-    memory: Dict[str, int] = field(default_factory=dict)
-    mig: FrozenSet[str] = frozenset()
-    aliases: Dict[str, str] = field(default_factory=dict)
-    gate: Optional["GpuGate"] = None
+    def __init__(
+        self, ids: Tuple[str, ...], jobs_per_gpu: Optional[int],
+        memory: Optional[Dict[str, int]] = None, mig: FrozenSet[str] = frozenset(),
+        aliases: Optional[Dict[str, str]] = None, gate: Optional[GpuGate] = None,
+    ) -> None:
+        self.ids = ids
+        self.jobs_per_gpu = jobs_per_gpu
+        #: GPU id -> bytes that jobs' `mem` may add up to
+        self.memory: Dict[str, int] = memory or {}
+        self.mig = mig
+        #: other names (UUIDs) of GPU ids, for JSONL ``on``
+        self.aliases: Dict[str, str] = aliases or {}
+        self.gate = gate
 
 
 def usage_error(message: str) -> Exception:

@@ -9,8 +9,7 @@ latin-1 file name reaches the shell unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 #: The kernel's limit on one argument (MAX_ARG_STRLEN, 32 pages of 4 KiB, with
 #: the terminating NUL): a longer command cannot be passed to ``sh -c``. Lines
@@ -18,16 +17,14 @@ from typing import List, Optional
 MAX_COMMAND_BYTES = 32 * 4096 - 1
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One input line without its newline; `overlong` is its true length when cut."""
 
     data: bytes
     overlong: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class RawCommand:
+class RawCommand(NamedTuple):
     """A command as assembled from the input, or why it cannot run."""
 
     text: bytes

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from .jobs import Job, Outcome, exit_and_signal
 
 HEADER = b"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 
@@ -29,8 +30,7 @@ class JobLogError(Exception):
     """The file is not a job log this program can read; the message says why."""
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     seq: int
     host: str
     start: float
@@ -197,6 +197,15 @@ class JobLogWriter:
 
     def write(self, row: Row) -> None:
         self._write(format_row(row))
+
+    def write_attempt(
+        self, job: Job, gpus: Sequence[str], start: float, runtime: float, outcome: Outcome
+    ) -> None:
+        """The row of one ended attempt of `job` (Seq is the job's number)."""
+        exitval, signum = exit_and_signal(outcome)
+        self.write(Row(
+            seq=job.id, host="gpu:" + ",".join(gpus), start=start, runtime=runtime,
+            exitval=exitval, signal=signum, command=job.command))
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -9,36 +9,62 @@ that reports or logs a job says the same thing about it.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+# No dataclasses here: `dataclasses` imports `inspect`, which alone costs more
+# start-up time than the rest of a one-job run. These few classes are written
+# out instead.
 
-@dataclass
+
 class Job:
     """One command from the input, numbered in input order from 1."""
 
-    id: int
-    command: bytes
-    #: How many distinct GPUs the job needs (``--gpus-per-job`` or JSONL ``gpus``).
-    gpus: int = 1
-    #: GPU memory the job declares, in bytes (JSONL ``mem``), or None.
-    mem: Optional[int] = None
-    #: GPU ids the job may use (JSONL ``on``), or None for any.
-    on: Optional[Tuple[str, ...]] = None
-    name: Optional[str] = None
-    #: Lower runs first among the commands already read (JSONL ``priority``).
-    priority: int = 0
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Optional[str] = None
-    #: Seconds an attempt may run (``--timeout`` or JSONL ``timeout``), or None.
-    timeout: Optional[float] = None
-    #: How many more attempts a failed job gets (``--retries`` or JSONL ``retries``).
-    retries: int = 0
-    #: Attempts started so far; the first attempt is number 1.
-    attempts: int = 0
-    #: Set when the input line could not become a runnable job (a NUL byte, an
-    #: over-long line, invalid JSON): the job fails with this reason, unstarted.
-    invalid: Optional[str] = None
+    __slots__ = (
+        "id", "command", "gpus", "mem", "on", "name", "priority", "env", "cwd",
+        "timeout", "retries", "attempts", "invalid",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        command: bytes,
+        gpus: int = 1,
+        mem: Optional[int] = None,
+        on: Optional[Tuple[str, ...]] = None,
+        name: Optional[str] = None,
+        priority: int = 0,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = None,
+        retries: int = 0,
+        attempts: int = 0,
+        invalid: Optional[str] = None,
+    ) -> None:
+        self.id = id
+        self.command = command
+        #: How many distinct GPUs the job needs (``--gpus-per-job`` or JSONL ``gpus``).
+        self.gpus = gpus
+        #: GPU memory the job declares, in bytes (JSONL ``mem``), or None.
+        self.mem = mem
+        #: GPU ids the job may use (JSONL ``on``), or None for any.
+        self.on = on
+        self.name = name
+        #: Lower runs first among the commands already read (JSONL ``priority``).
+        self.priority = priority
+        self.env: Mapping[str, str] = {} if env is None else env
+        self.cwd = cwd
+        #: Seconds an attempt may run (``--timeout`` or JSONL ``timeout``), or None.
+        self.timeout = timeout
+        #: How many more attempts a failed job gets (``--retries`` or JSONL ``retries``).
+        self.retries = retries
+        #: Attempts started so far; the first attempt is number 1.
+        self.attempts = attempts
+        #: Set when the input line could not become a runnable job (a NUL byte,
+        #: an over-long line, invalid JSON): the job fails with this reason, unstarted.
+        self.invalid = invalid
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id}, command={self.command!r})"
 
     def text(self, limit: Optional[int] = None) -> str:
         """The command for messages: undecodable bytes escaped, one line, maybe cut."""
@@ -54,63 +80,87 @@ class Job:
 # --- Outcomes of one attempt ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Exited:
+class _Outcome:
+    """Value semantics for the outcome types: equal when type and fields are."""
+
+    __slots__: Tuple[str, ...] = ()
+    ok = False
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._fields() == self._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class Exited(_Outcome):
     """The command's shell exited on its own with this status."""
 
-    code: int
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
 
     @property
-    def ok(self) -> bool:
+    def ok(self) -> bool:  # type: ignore[override]
         return self.code == 0
 
     def describe(self) -> str:
         return f"exit {self.code}"
 
 
-@dataclass(frozen=True)
-class Killed:
+class Killed(_Outcome):
     """The command's shell died from a signal (sent by us or by anybody else)."""
 
-    signal: int
+    __slots__ = ("signal",)
 
-    ok = False
+    def __init__(self, signal: int) -> None:
+        self.signal = signal
 
     def describe(self) -> str:
         return f"killed by {signal_name(self.signal)}"
 
 
-@dataclass(frozen=True)
-class TimedOut:
+class TimedOut(_Outcome):
     """The attempt ran past its timeout and was terminated."""
 
-    seconds: float
-    #: The signal that finally ended it (SIGTERM, or SIGKILL after the grace).
-    signal: int = signal.SIGTERM
+    __slots__ = ("seconds", "signal")
 
-    ok = False
+    def __init__(self, seconds: float, signal: int = signal.SIGTERM) -> None:
+        self.seconds = seconds
+        #: The signal that finally ended it (SIGTERM, or SIGKILL after the grace).
+        self.signal = signal
 
     def describe(self) -> str:
         return f"timed out after {format_duration(self.seconds)}"
 
 
-@dataclass(frozen=True)
-class FailedToStart:
+class FailedToStart(_Outcome):
     """The command never ran: the reason says why (NUL byte, no shell, ...)."""
 
-    reason: str
+    __slots__ = ("reason",)
 
-    ok = False
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
     def describe(self) -> str:
         return f"could not start: {self.reason}"
 
 
-@dataclass(frozen=True)
-class NotStarted:
+class NotStarted(_Outcome):
     """The command was read but never started because the run was stopped."""
 
-    ok = False
+    __slots__ = ()
 
     def describe(self) -> str:
         return "not started"

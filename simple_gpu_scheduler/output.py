@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional, Tuple
 
 #: One lock for every writer of fds 1 and 2, so that lines never interleave.
@@ -159,14 +158,14 @@ def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
 class LogDir(OutputMode):
     """Each job writes ``DIR/<id>.out`` and ``DIR/<id>.err``; retries append."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str) -> None:
         self.directory = directory
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
         mode = "wb" if attempt <= 1 else "ab"
-        out = open(self.directory / f"{job_id}.out", mode)
+        out = open(os.path.join(self.directory, f"{job_id}.out"), mode)
         try:
-            err = open(self.directory / f"{job_id}.err", mode)
+            err = open(os.path.join(self.directory, f"{job_id}.err"), mode)
         except OSError:
             out.close()
             raise

@@ -22,38 +22,47 @@ memory, and whatever our jobs use beyond what they declared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .jobs import Job
 from .units import format_size
 
 
-@dataclass
 class GpuSlots:
     """One GPU as the scheduler sees it."""
 
-    id: str
-    #: Jobs at once (``--jobs-per-gpu``); None: memory decides, see the module doc.
-    capacity: Optional[int]
-    #: Bytes that jobs' declarations may add up to (``--gpu-memory`` or the size
-    #: the hardware reports); None when unknown: ``mem`` cannot pack jobs then.
-    memory: Optional[int] = None
-    #: A MIG instance: CUDA gives a process only one, so no multi-GPU job here.
-    mig: bool = False
-    running: int = 0
-    #: Running jobs that hold the GPU alone (nothing joins them).
-    alone: int = 0
-    #: Declared memory of the running jobs that pack by memory.
-    reserved: int = 0
-    #: Memory the hardware reports, and bytes held beyond our reservations at
-    #: the last look (other users, and our jobs' overruns).
-    hw_total: Optional[int] = None
-    external: int = 0
-    #: Why it may not take a job now (busy, locked by another scheduler), or None.
-    unavailable: Optional[str] = None
-    #: Why it will never take a job again (the GPU is lost), or None.
-    lost: Optional[str] = None
+    __slots__ = (
+        "id", "capacity", "memory", "mig", "running", "alone", "reserved", "hw_total",
+        "external", "unavailable", "lost",
+    )
+
+    def __init__(
+        self, id: str, capacity: Optional[int], memory: Optional[int] = None, mig: bool = False
+    ) -> None:
+        self.id = id
+        #: Jobs at once (``--jobs-per-gpu``); None: memory decides, see the module doc.
+        self.capacity = capacity
+        #: Bytes that jobs' declarations may add up to (``--gpu-memory`` or the size
+        #: the hardware reports); None when unknown: ``mem`` cannot pack jobs then.
+        self.memory = memory
+        #: A MIG instance: CUDA gives a process only one, so no multi-GPU job here.
+        self.mig = mig
+        self.running = 0
+        #: Running jobs that hold the GPU alone (nothing joins them).
+        self.alone = 0
+        #: Declared memory of the running jobs that pack by memory.
+        self.reserved = 0
+        #: Memory the hardware reports, and bytes held beyond our reservations at
+        #: the last look (other users, and our jobs' overruns).
+        self.hw_total: Optional[int] = None
+        self.external = 0
+        #: Why it may not take a job now (busy, locked by another scheduler), or None.
+        self.unavailable: Optional[str] = None
+        #: Why it will never take a job again (the GPU is lost), or None.
+        self.lost: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f"GpuSlots({self.id!r}, running={self.running}, capacity={self.capacity})"
 
     @property
     def free(self) -> int:

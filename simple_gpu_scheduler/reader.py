@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .inputs import CommandAssembler, LineSplitter, RawCommand
 from .jobs import Job
@@ -21,13 +20,11 @@ from .jobs import Job
 CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
-class JobRead:
+class JobRead(NamedTuple):
     job: Job
 
 
-@dataclass(frozen=True)
-class InputEnded:
+class InputEnded(NamedTuple):
     #: Why reading failed, or None at a normal end of input.
     error: Optional[str] = None
 

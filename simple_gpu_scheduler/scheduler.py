@@ -34,24 +34,25 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
 from .inputs import RawCommand
 from .jobs import (
-    FailedToStart, Job, NotStarted, Outcome, TimedOut, exit_and_signal, format_duration,
+    FailedToStart, Job, NotStarted, Outcome, TimedOut, format_duration,
     gpu_label, signal_name,
 )
-from .joblog import JobLogWriter, ResumeFilter, Row
 from .launcher import Execution, LaunchError, LocalLauncher, send_group
 from .output import Console, OutputMode, Passthrough
 from .placement import GpuPool
-from .progress import ProgressLine, summary_lines
+from .progress import summary_lines
 from .reader import InputEnded, JobRead, Reader
 from .state import RunState, status_table
 
 if TYPE_CHECKING:
     from .availability import GpuGate
+    from .joblog import JobLogWriter, ResumeFilter
+    from .progress import ProgressLine
 
 #: Signals that stop the run: the first drains, later ones terminate.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -59,25 +60,25 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DRAIN, TERMINATE, KILL = 1, 2, 3
 
 
-@dataclass(frozen=True)
-class SignalReceived:
+class SignalReceived(NamedTuple):
     signum: int
 
 
-@dataclass(frozen=True)
-class JobExited:
+class JobExited(NamedTuple):
     execution: Execution
 
 
-@dataclass
 class Config:
-    gpus: Tuple[str, ...]
+    """What the scheduler is told: the class attributes are the defaults, and
+    ``Config(gpus=..., timeout=...)`` overrides them by name."""
+
+    gpus: Tuple[str, ...] = ()
     #: None: jobs that declare `mem` share a GPU by memory, others have it alone.
     jobs_per_gpu: Optional[int] = 1
     gpus_per_job: int = 1
     shell: Optional[str] = None
     kill_grace: float = 10.0
-    output: OutputMode = field(default_factory=Passthrough)
+    output: OutputMode = Passthrough()  # stateless, so one can be shared
     #: Seconds an attempt may run, and extra attempts for a failed job.
     timeout: Optional[float] = None
     retries: int = 0
@@ -91,17 +92,23 @@ class Config:
 
     # --- what is known about the GPUs, and the options about them -----------
     #: GPU id -> bytes jobs' `mem` may add up to (``--gpu-memory`` or reported size)
-    gpu_memory: Mapping[str, int] = field(default_factory=dict)
+    gpu_memory: Mapping[str, int] = MappingProxyType({})
     #: GPU ids that are MIG instances
     mig: FrozenSet[str] = frozenset()
     #: other names of GPU ids for JSONL ``on`` (UUIDs)
-    aliases: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = MappingProxyType({})
     #: busy checks, locks, lost GPUs; None when none of these apply
     gate: Optional["GpuGate"] = None
     #: "text" (one command per line) or "jsonl" (one JSON object per line)
     input_format: str = "text"
     #: later jobs that fit now may start before a waiting earlier one
     backfill: bool = False
+
+    def __init__(self, **options: Any) -> None:
+        for name, value in options.items():
+            if not hasattr(Config, name) or name.startswith("_"):
+                raise TypeError(f"Config has no option {name!r}")
+            setattr(self, name, value)
 
 
 class Timer:
@@ -216,6 +223,13 @@ class Scheduler:
                 self._dispatch()
                 if self.config.progress is not None:
                     self._show_progress()
+        except BaseException:
+            # A bug of ours, or KeyboardInterrupt from a handler we did not
+            # install: the running jobs are not ours to kill, but say where they are.
+            for execution in self.executions.values():
+                self.console.line(
+                    f"job {execution.job.id} is left running as process group {execution.pid}")
+            raise
         finally:
             # Whatever ended jobs left behind does not outlive the scheduler.
             for pgid in self.lingering:
@@ -427,10 +441,7 @@ class Scheduler:
     ) -> None:
         """One attempt ended: log it, then retry, or count the job as done."""
         if self.config.joblog is not None:
-            exitval, signum = exit_and_signal(outcome)
-            self.config.joblog.write(Row(
-                seq=job.id, host="gpu:" + ",".join(gpus), start=started_wall,
-                runtime=runtime, exitval=exitval, signal=signum, command=job.command))
+            self.config.joblog.write_attempt(job, gpus, started_wall, runtime, outcome)
         retry = (not outcome.ok and not final and not self.stop_level
                  and job.attempts <= job.retries)
         self._report(job, gpus, outcome, runtime, retry)

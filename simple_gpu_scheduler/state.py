@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from .jobs import Job, NotStarted, Outcome, format_duration, gpu_label
 
 
-@dataclass(frozen=True)
-class RunningView:
+class RunningView(NamedTuple):
     job_id: int
     gpus: Tuple[str, ...]
     runtime: float
     command: str
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     running: Tuple[RunningView, ...]
     queued: int
     succeeded: int
@@ -37,19 +34,21 @@ class Snapshot:
     elapsed: float
 
 
-@dataclass
 class RunState:
     """Counts and queues of one run."""
 
-    pending: Deque[Job] = field(default_factory=deque)
-    #: job id -> (gpus, monotonic start time) of every running attempt
-    running: Dict[int, Tuple[Job, Tuple[str, ...], float]] = field(default_factory=dict)
-    succeeded: int = 0
-    failed_ids: List[int] = field(default_factory=list)
-    not_started_ids: List[int] = field(default_factory=list)
-    skipped: int = 0
-    input_open: bool = True
-    started_at: float = field(default_factory=time.monotonic)
+    def __init__(self) -> None:
+        #: read, not started: the scheduling loop's queue
+        self.pending: Deque[Job] = deque()
+        #: job id -> (job, gpus, monotonic start time) of every running attempt
+        self.running: Dict[int, Tuple[Job, Tuple[str, ...], float]] = {}
+        self.succeeded = 0
+        self.failed_ids: List[int] = []
+        self.not_started_ids: List[int] = []
+        #: commands skipped because the job log says they are done (``--resume``)
+        self.skipped = 0
+        self.input_open = True
+        self.started_at = time.monotonic()
 
     def job_started(self, job: Job, gpus: Tuple[str, ...], when: Optional[float] = None) -> None:
         self.running[job.id] = (job, gpus, time.monotonic() if when is None else when)
