@@ -19,17 +19,17 @@ scheduler's queue.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import pwd
 import signal
 import subprocess
-import threading
 import time
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from .jobs import Job, Killed, Exited, outcome_from_returncode
-from .output import OutputMode, Passthrough, close_streams
+from .output import OutputMode, Passthrough, TagPump, close_streams
 
 
 class LaunchError(Exception):
@@ -67,7 +67,7 @@ class Execution:
 
     def __init__(
         self, job: Job, gpus: Tuple[str, ...], proc: subprocess.Popen,
-        pumps: List[threading.Thread],
+        pumps: List[TagPump],
     ) -> None:
         self.job = job
         self.gpus = gpus
@@ -136,6 +136,8 @@ class LocalLauncher:
         self.shell = shell or default_shell()
         self._output = output or Passthrough()
         self._base_env = dict(os.environ if base_env is None else base_env)
+        # One /dev/null for every job's stdin (Popen would open one per job).
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def start(self, job: Job, gpus: Tuple[str, ...]) -> Execution:
         if job.invalid:
@@ -147,7 +149,7 @@ class LocalLauncher:
         try:
             proc = subprocess.Popen(
                 [self.shell, "-c", job.command],
-                stdin=subprocess.DEVNULL,
+                stdin=self._devnull,
                 stdout=streams[0],
                 stderr=streams[1],
                 env=job_environment(self._base_env, job, gpus),
@@ -162,10 +164,8 @@ class LocalLauncher:
             close_streams(streams)
         pumps = self._output.after_start(proc.stdout, proc.stderr, job.id, gpus)
         execution = Execution(job, gpus, proc, pumps)
-        threading.Thread(
-            target=execution._wait_for_exit, args=(self._on_exit,), daemon=True,
-            name=f"wait-{job.id}",
-        ).start()
+        # A bare thread, like the output copies: see `output.TagPump`.
+        _thread.start_new_thread(execution._wait_for_exit, (self._on_exit,))
         return execution
 
     def _describe(self, exc: OSError, job: Job) -> str:

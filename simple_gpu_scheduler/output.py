@@ -10,6 +10,7 @@ hung-up terminal (EPIPE, EIO) silences that stream instead of raising.
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 from typing import IO, Callable, Dict, List, Optional, Tuple
@@ -83,23 +84,37 @@ class Console:
             self.line(text)
 
 
-class TagPump(threading.Thread):
-    """Copy one job stream to `fd` line by line, each line with a prefix."""
+class TagPump:
+    """Copy one job stream to `fd` line by line, each line with a prefix, in a
+    thread of its own; `join` waits for the stream's end."""
 
     def __init__(self, source: IO[bytes], fd: int, prefix: bytes) -> None:
-        super().__init__(daemon=True, name=f"tag-{fd}")
         self._source = source
         self._fd = fd
         self._prefix = prefix
+        self._done = threading.Lock()
+        self._done.acquire()
+        # A bare thread: `threading.Thread.start` waits until the new thread
+        # runs, a context switch per job stream that a busy machine notices.
+        _thread.start_new_thread(self._run, ())
 
-    def run(self) -> None:
-        with self._source:
-            for line in self._source:
-                if not line.endswith(b"\n"):
-                    line += b"\n"
-                # Once the downstream is gone we keep reading, so the job
-                # never blocks on a full pipe; what it prints is dropped.
-                write_fd(self._fd, self._prefix + line)
+    def join(self, timeout: float) -> None:
+        if self._done.acquire(timeout=timeout):
+            self._done.release()
+
+    def _run(self) -> None:
+        try:
+            with self._source:
+                for line in self._source:
+                    if not line.endswith(b"\n"):
+                        line += b"\n"
+                    # Once the downstream is gone we keep reading, so the job
+                    # never blocks on a full pipe; what it prints is dropped.
+                    write_fd(self._fd, self._prefix + line)
+        except (OSError, ValueError):
+            pass  # the pipe went away under us: nothing left to copy
+        finally:
+            self._done.release()
 
 
 #: What `Popen` gets for a job's stdout and stderr (None: inherit ours).
@@ -116,8 +131,8 @@ class OutputMode:
     def after_start(
         self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
         job_id: int, gpus: Tuple[str, ...],
-    ) -> List[threading.Thread]:
-        """Close our copies and start whatever copies the output; returns threads to join."""
+    ) -> List[TagPump]:
+        """Start whatever copies the output; returns the copies to wait for."""
         return []
 
 
@@ -140,15 +155,13 @@ class Tagged(OutputMode):
     def after_start(
         self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
         job_id: int, gpus: Tuple[str, ...],
-    ) -> List[threading.Thread]:
+    ) -> List[TagPump]:
         prefix = tag_prefix(job_id, gpus) if self.prefix else b""
-        pumps: List[threading.Thread] = []
-        for source, fd in ((proc_stdout, 1), (proc_stderr, 2)):
-            if source is not None:
-                pump = TagPump(source, fd, prefix)
-                pump.start()
-                pumps.append(pump)
-        return pumps
+        return [
+            TagPump(source, fd, prefix)
+            for source, fd in ((proc_stdout, 1), (proc_stderr, 2))
+            if source is not None
+        ]
 
 
 def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:

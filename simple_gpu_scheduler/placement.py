@@ -86,6 +86,8 @@ class GpuPool:
             i: GpuSlots(i, jobs_per_gpu, memory=memory.get(i), mig=i in mig) for i in ids
         }
         self._order: Dict[str, int] = {gpu_id: n for n, gpu_id in enumerate(ids)}
+        #: GPUs marked lost so far: when it grows, waiting jobs may have become impossible
+        self.losses = 0
 
     @property
     def ids(self) -> List[str]:
@@ -117,6 +119,8 @@ class GpuPool:
     def mark_lost(self, gpu_id: str, reason: str) -> None:
         """The GPU is gone for good: it takes no more jobs, and jobs only it could
         run become impossible."""
+        if self._gpus[gpu_id].lost is None:
+            self.losses += 1
         self._gpus[gpu_id].lost = reason
 
     # --- placement ---------------------------------------------------------------

@@ -165,6 +165,7 @@ class Scheduler:
         self.gate = config.gate
         self._poll_armed = False
         self._said_unknown_memory = False
+        self._losses_seen = 0
         self.state = RunState()
         self.launcher = LocalLauncher(
             on_exit=lambda execution: self.events.put(JobExited(execution)),
@@ -282,8 +283,19 @@ class Scheduler:
             self.reader.job_taken()
             self.state.skipped += 1
             self.console.debug(f"job {job.id} skipped: already in the job log: {job.text(200)}")
-        else:
+        elif not self._reject_if_unrunnable(job):
             self.state.pending.append(job)
+
+    def _reject_if_unrunnable(self, job: Job) -> bool:
+        """Fail a job that can never run here (an invalid line, or requirements
+        no GPU meets) at once, instead of leaving it waiting forever."""
+        impossible = self.pool.impossible(job)
+        if not (job.invalid or impossible):
+            return False
+        self._taken(job)
+        reason = job.invalid or f"it can never run here: {impossible}"
+        self._ended(job, (), FailedToStart(reason), time.time(), 0.0, final=True)
+        return True
 
     def _dispatch(self) -> None:
         """Start queued jobs while their GPUs are free.
@@ -299,13 +311,13 @@ class Scheduler:
             return
         if self.gate is not None:
             self.gate.refresh(self.pool, self._leaders())  # may find a GPU lost
-        for job in list(pending):
-            impossible = self.pool.impossible(job)
-            if job.invalid or impossible:
-                pending.remove(job)
-                self._taken(job)
-                reason = job.invalid or f"it can never run here: {impossible}"
-                self._ended(job, (), FailedToStart(reason), time.time(), 0.0, final=True)
+            if self.pool.losses != self._losses_seen:
+                # Jobs are checked when read; a lost GPU can make waiting ones impossible.
+                self._losses_seen = self.pool.losses
+                for job in list(pending):
+                    if job in pending and self.pool.impossible(job):
+                        pending.remove(job)
+                        self._reject_if_unrunnable(job)
         progress = True
         while progress and pending and not self.stop_level:
             progress = False
@@ -381,8 +393,9 @@ class Scheduler:
         if job.timeout is not None:
             self.deadlines[job.id] = self.timers.at(
                 execution.started + job.timeout, lambda: self._time_out(execution))
-        attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
-        self.console.info(f"job {job.id} started on {gpu_label(gpus)}{attempt}: {job.text(200)}")
+        if self.console.verbosity >= 0:  # not even the text, with --quiet
+            attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
+            self.console.info(f"job {job.id} started on {gpu_label(gpus)}{attempt}: {job.text(200)}")
 
     def _time_out(self, execution: Execution) -> None:
         job = execution.job
@@ -458,6 +471,8 @@ class Scheduler:
     ) -> None:
         where = f" on {gpu_label(gpus)}" if gpus else ""
         if outcome.ok:
+            if self.console.verbosity < 0:
+                return
             self.console.info(
                 f"job {job.id} finished{where} after {format_duration(runtime)}: "
                 f"{outcome.describe()}")
