@@ -17,8 +17,13 @@ from typing import List, NamedTuple, Optional
 MAX_COMMAND_BYTES = 32 * 4096 - 1
 
 
+#: Bytes kept of an over-long line: enough to name it in a message.
+HEAD = 200
+
+
 class Line(NamedTuple):
-    """One input line without its newline; `overlong` is its true length when cut."""
+    """One input line without its newline; when `overlong` (its true length) is
+    set, `data` holds only its first `HEAD` bytes."""
 
     data: bytes
     overlong: Optional[int] = None
@@ -44,6 +49,7 @@ class LineSplitter:
         self._limit = limit
         self._buffer = bytearray()
         self._skipped: Optional[int] = None  # length so far of a line being dropped
+        self._head = b""  # its first bytes, for messages and to spot a comment
 
     def feed(self, chunk: bytes) -> List[Line]:
         lines: List[Line] = []
@@ -67,15 +73,18 @@ class LineSplitter:
     def _take(self, piece: bytes) -> None:
         if self._skipped is not None:
             self._skipped += len(piece)
+            if len(self._head) < HEAD:
+                self._head += piece[:HEAD - len(self._head)]
         elif len(self._buffer) + len(piece) > self._limit:
             self._skipped = len(self._buffer) + len(piece)
+            self._head = bytes(self._buffer[:HEAD] + piece[:HEAD])[:HEAD]
             self._buffer = bytearray()
         else:
             self._buffer += piece
 
     def _finish(self) -> Line:
         if self._skipped is not None:
-            line = Line(b"", overlong=self._skipped)
+            line = Line(self._head, overlong=self._skipped)
         else:
             line = Line(bytes(self._buffer))
         self._buffer = bytearray()
@@ -116,12 +125,12 @@ class CommandAssembler:
         if not self._parts and self._overlong is None:
             self._start = self._lines
             stripped = data.strip()
-            if line.overlong is None and (not stripped or stripped.startswith(b"#")):
-                return None
+            if not stripped or stripped.startswith(b"#"):
+                return None  # an over-long comment is still a comment
         if line.overlong is not None:
-            self._overlong = (self._overlong or 0) + line.overlong
-        else:
-            self._parts.append(data)
+            # Only its head is here: keep that for the message, count the rest.
+            self._overlong = (self._overlong or 0) + line.overlong - len(line.data)
+        self._parts.append(data)
         if line.overlong is None and self._continuation and _continues(data):
             return None
         return self._emit()

@@ -71,10 +71,15 @@ class Job:
         text = self.command.decode("utf-8", "backslashreplace")
         text = text.replace("\\\n", "\\ ").replace("\n", "\\n")
         if not text.isprintable():
-            text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+            text = "".join(c if c.isprintable() else _escape(c) for c in text)
         if limit is not None and len(text) > limit:
             text = text[: max(0, limit - 3)] + "..."
         return text
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # --- Outcomes of one attempt ---------------------------------------------------

@@ -19,7 +19,6 @@ scheduler's queue.
 
 from __future__ import annotations
 
-import _thread
 import errno
 import os
 import pwd
@@ -29,6 +28,7 @@ import time
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from .jobs import Job, Killed, Exited, outcome_from_returncode
+from . import threads
 from .output import OutputMode, Passthrough, TagPump, close_streams
 
 
@@ -88,11 +88,7 @@ class Execution:
 
     def group_alive(self) -> bool:
         """Whether any process of the job's group is still there."""
-        try:
-            os.killpg(self.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return group_alive(self.pid)
 
     def collect(self) -> Exited | Killed:
         """Reap the exited shell and return how it ended (call after ``on_exit``)."""
@@ -138,6 +134,15 @@ class LocalLauncher:
         self._base_env = dict(os.environ if base_env is None else base_env)
         # One /dev/null for every job's stdin (Popen would open one per job).
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        #: output copies that may still be running, for `finish_output`
+        self._pumps: List[TagPump] = []
+
+    def finish_output(self) -> None:
+        """Wait until every job's output has been copied (``--tag``): at exit,
+        a slow reader downstream must still get every line."""
+        for pump in self._pumps:
+            pump.finish()
+        self._pumps = []
 
     def start(self, job: Job, gpus: Tuple[str, ...]) -> Execution:
         if job.invalid:
@@ -164,8 +169,8 @@ class LocalLauncher:
             close_streams(streams)
         pumps = self._output.after_start(proc.stdout, proc.stderr, job.id, gpus)
         execution = Execution(job, gpus, proc, pumps)
-        # A bare thread, like the output copies: see `output.TagPump`.
-        _thread.start_new_thread(execution._wait_for_exit, (self._on_exit,))
+        threads.start(execution._wait_for_exit, self._on_exit)
+        self._pumps = [p for p in self._pumps if not p.join(0)] + pumps
         return execution
 
     def _describe(self, exc: OSError, job: Job) -> str:
@@ -177,6 +182,15 @@ class LocalLauncher:
         if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC):
             return f"cannot run the shell {self.shell}: {exc.strerror}"
         return f"{exc.strerror or exc}"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is still there."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def send_group(pgid: int, signum: int = signal.SIGKILL) -> None:

@@ -10,17 +10,22 @@ hung-up terminal (EPIPE, EIO) silences that stream instead of raising.
 
 from __future__ import annotations
 
-import _thread
 import os
 import threading
-from typing import IO, Callable, Dict, List, Optional, Tuple
+from typing import IO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-#: One lock for every writer of fds 1 and 2, so that lines never interleave.
-_write_lock = threading.Lock()
+from . import threads
+
+#: One lock per stream, so that lines never interleave inside a line; one
+#: lock per stream, not one for both, so that a slow reader of stdout (a job's
+#: output tagged into a paused pager) never holds up the scheduler's stderr.
+_locks: Dict[int, threading.Lock] = {1: threading.Lock(), 2: threading.Lock()}
 _broken: Dict[int, bool] = {}
 #: The ``--progress`` line on a terminal: (fd, text), taken away before every
-#: other write and drawn again after it.
+#: write to that terminal and drawn again after it.
 _status: Optional[Tuple[int, bytes]] = None
+#: The fds that show the status line's terminal (stderr, and stdout if the same).
+_status_fds: FrozenSet[int] = frozenset()
 
 _ERASE = b"\r\x1b[K"
 
@@ -40,12 +45,19 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
+def _lock(fd: int) -> threading.Lock:
+    if fd in _status_fds and _status is not None:
+        return _locks[_status[0]]  # both streams draw on one terminal line
+    return _locks.setdefault(fd, threading.Lock())
+
+
 def write_fd(fd: int, data: bytes) -> bool:
     """Write all of `data` to `fd`; False (and quiet from then on) if it is gone."""
-    with _write_lock:
-        if _status is None:
+    with _lock(fd):
+        status = _status
+        if status is None or fd not in _status_fds:
             return _write_all(fd, data)
-        status_fd, text = _status
+        status_fd, text = status
         _write_all(status_fd, _ERASE)
         done = _write_all(fd, data)
         _write_all(status_fd, text)
@@ -54,10 +66,22 @@ def write_fd(fd: int, data: bytes) -> bool:
 
 def set_status_line(fd: int, text: Optional[bytes]) -> None:
     """Draw `text` as the status line on terminal `fd`, or remove it (None)."""
-    global _status
-    with _write_lock:
+    global _status, _status_fds
+    with _locks.setdefault(fd, threading.Lock()):
         _write_all(fd, _ERASE + (text or b""))
-        _status = None if text is None else (fd, text)
+        if text is None:
+            _status, _status_fds = None, frozenset()
+            return
+        if _status is None:
+            _status_fds = frozenset({fd} | ({1} if _same_terminal(1, fd) else set()))
+        _status = (fd, text)
+
+
+def _same_terminal(a: int, b: int) -> bool:
+    try:
+        return os.isatty(a) and os.path.samestat(os.fstat(a), os.fstat(b))
+    except OSError:
+        return False
 
 
 class Console:
@@ -86,7 +110,7 @@ class Console:
 
 class TagPump:
     """Copy one job stream to `fd` line by line, each line with a prefix, in a
-    thread of its own; `join` waits for the stream's end."""
+    helper thread; `join` and `finish` wait for the stream's end."""
 
     def __init__(self, source: IO[bytes], fd: int, prefix: bytes) -> None:
         self._source = source
@@ -94,13 +118,23 @@ class TagPump:
         self._prefix = prefix
         self._done = threading.Lock()
         self._done.acquire()
-        # A bare thread: `threading.Thread.start` waits until the new thread
-        # runs, a context switch per job stream that a busy machine notices.
-        _thread.start_new_thread(self._run, ())
+        self.lines = 0
+        threads.start(self._run)
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds; True when the stream has ended."""
         if self._done.acquire(timeout=timeout):
             self._done.release()
+            return True
+        return False
+
+    def finish(self, patience: float = 1.0) -> None:
+        """Wait while the copy makes progress (a slow reader downstream loses
+        nothing); give up once `patience` seconds pass without a line, when
+        something that escaped the job's process group holds the pipe open."""
+        seen = -1
+        while not self.join(patience) and self.lines != seen:
+            seen = self.lines
 
     def _run(self) -> None:
         try:
@@ -111,6 +145,7 @@ class TagPump:
                     # Once the downstream is gone we keep reading, so the job
                     # never blocks on a full pipe; what it prints is dropped.
                     write_fd(self._fd, self._prefix + line)
+                    self.lines += 1
         except (OSError, ValueError):
             pass  # the pipe went away under us: nothing left to copy
         finally:

@@ -42,7 +42,7 @@ from .jobs import (
     FailedToStart, Job, NotStarted, Outcome, TimedOut, format_duration,
     gpu_label, signal_name,
 )
-from .launcher import Execution, LaunchError, LocalLauncher, send_group
+from .launcher import Execution, LaunchError, LocalLauncher, group_alive, send_group
 from .output import Console, OutputMode, Passthrough
 from .placement import GpuPool
 from .progress import summary_lines
@@ -58,6 +58,25 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 DRAIN, TERMINATE, KILL = 1, 2, 3
+
+#: Seconds between looks at what ended jobs left behind: those processes are
+#: not our children, so no exit event comes for them. Only while there are some.
+LEFTOVER_POLL = 0.05
+#: After SIGKILL, how long to wait for leftovers before giving their GPUs back
+#: anyway (a zombie that nobody reaps stays "alive" for ever).
+LEFTOVER_GIVE_UP = 1.0
+
+
+class Leftover:
+    """Processes an ended job left in its process group, still on its GPUs."""
+
+    __slots__ = ("job", "gpus", "kill_at", "killed_at")
+
+    def __init__(self, job: Job, gpus: Tuple[str, ...], kill_at: float) -> None:
+        self.job = job
+        self.gpus = gpus
+        self.kill_at = kill_at
+        self.killed_at: Optional[float] = None
 
 
 class SignalReceived(NamedTuple):
@@ -182,8 +201,10 @@ class Scheduler:
         self.deadlines: Dict[int, Timer] = {}
         #: job ids of attempts ended by their timeout
         self.timed_out: Dict[int, float] = {}
-        #: process groups of ended jobs that left processes behind -> kill deadline
-        self.lingering: Dict[int, float] = {}
+        #: process groups of ended jobs that left processes behind; they keep
+        #: their GPUs until those processes are gone
+        self.lingering: Dict[int, Leftover] = {}
+        self._leftover_poll_armed = False
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
         self.input_error = False
@@ -233,7 +254,7 @@ class Scheduler:
             raise
         finally:
             # Whatever ended jobs left behind does not outlive the scheduler.
-            for pgid in self.lingering:
+            for pgid in self.lingering:  # only on an error: `_done` waits for them
                 send_group(pgid, signal.SIGKILL)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -241,6 +262,7 @@ class Scheduler:
                 self.gate.close()
             if self.config.progress is not None:
                 self.config.progress.close()
+        self.launcher.finish_output()
         self._summary()
         return self.exit_status()
 
@@ -250,7 +272,7 @@ class Scheduler:
         self.events.put(SignalReceived(signum))
 
     def _done(self) -> bool:
-        if self.executions:
+        if self.executions or self.lingering:
             return False
         return self.stop_level > 0 or (not self.state.input_open and not self.state.pending)
 
@@ -363,7 +385,9 @@ class Scheduler:
 
     def _leaders(self) -> Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]]:
         """Our process groups, for telling our processes on a GPU from others'."""
-        leaders: Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]] = dict.fromkeys(self.lingering)
+        leaders: Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]] = {
+            pgid: (left.job, left.gpus) for pgid, left in self.lingering.items()
+        }
         for execution in self.executions.values():
             leaders[execution.pid] = (execution.job, execution.gpus)
         return leaders
@@ -418,7 +442,6 @@ class Scheduler:
         outcome: Outcome = execution.collect()
         job = execution.job
         del self.executions[job.id]
-        self._free_gpus(job, execution.gpus)
         deadline = self.deadlines.pop(job.id, None)
         if deadline is not None:
             deadline.cancel()
@@ -428,25 +451,50 @@ class Scheduler:
         self.state.job_ended(job)
         if execution.group_alive():
             self._linger(execution)
+        else:
+            self._free_gpus(job, execution.gpus)
         self._ended(job, execution.gpus, outcome, execution.started_wall, execution.runtime)
 
     def _linger(self, execution: Execution) -> None:
-        """The job's shell is gone but it left processes behind: end them too,
-        so nothing keeps holding the GPU that is now given to the next job."""
+        """The job's shell is gone but it left processes behind (``cmd &``, a
+        DataLoader worker): end them too, SIGTERM then SIGKILL after the grace,
+        and give the job's GPUs to the next job only once they are gone."""
         pgid = execution.pid
-        if self.stop_level >= TERMINATE:
-            send_group(pgid, signal.SIGKILL)
-            return
+        now = time.monotonic()
+        leftover = Leftover(execution.job, execution.gpus, now + self.config.kill_grace)
+        self.lingering[pgid] = leftover
         self.console.debug(f"job {execution.job.id} left processes behind; terminating them")
-        send_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.kill_grace
-        self.lingering[pgid] = deadline
+        if self.stop_level >= KILL:
+            send_group(pgid, signal.SIGKILL)
+            leftover.killed_at = now
+        else:
+            send_group(pgid, signal.SIGTERM)
+        self._watch_leftovers()
 
-        def kill() -> None:
-            if self.lingering.pop(pgid, None) is not None:
+    def _watch_leftovers(self) -> None:
+        if self.lingering and not self._leftover_poll_armed:
+            self._leftover_poll_armed = True
+            self.timers.at(time.monotonic() + LEFTOVER_POLL, self._check_leftovers)
+
+    def _check_leftovers(self) -> None:
+        self._leftover_poll_armed = False
+        now = time.monotonic()
+        for pgid, left in list(self.lingering.items()):
+            if not group_alive(pgid):
+                self._leftovers_gone(pgid)
+            elif left.killed_at is None and now >= left.kill_at:
                 send_group(pgid, signal.SIGKILL)
+                left.killed_at = now
+            elif left.killed_at is not None and now - left.killed_at >= LEFTOVER_GIVE_UP:
+                self.console.line(
+                    f"job {left.job.id}: process group {pgid} is still there after SIGKILL; "
+                    f"giving {gpu_label(left.gpus)} back anyway")
+                self._leftovers_gone(pgid)
+        self._watch_leftovers()
 
-        self.timers.at(deadline, kill)
+    def _leftovers_gone(self, pgid: int) -> None:
+        left = self.lingering.pop(pgid)
+        self._free_gpus(left.job, left.gpus)
 
     def _ended(
         self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, started_wall: float,
@@ -520,6 +568,7 @@ class Scheduler:
                 self._kill_all()
 
     def _drain(self, why: str) -> None:
+        self.reader.stop()  # reads nothing more, posts what it had read
         pending = list(self.state.pending)
         self.state.pending.clear()
         self.console.line(
@@ -532,8 +581,10 @@ class Scheduler:
     def _kill_all(self) -> None:
         for execution in self.executions.values():
             execution.signal(signal.SIGKILL)
-        for pgid in list(self.lingering):
+        now = time.monotonic()
+        for pgid, left in self.lingering.items():
             send_group(pgid, signal.SIGKILL)
+            left.killed_at = left.killed_at or now
 
     # --- reporting ------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def status_table(snap: Snapshot, width: int = 100) -> List[str]:
     head = (
         f"status after {format_duration(snap.elapsed)}: {len(snap.running)} running, "
         f"{snap.succeeded} succeeded, {snap.failed} failed, {snap.queued} queued"
+        + (f", {snap.not_started} not started" if snap.not_started else "")
         + ("" if snap.input_open else ", input ended")
     )
     lines = [head]

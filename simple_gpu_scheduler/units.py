@@ -46,11 +46,14 @@ def parse_size(text: str) -> int:
         raise ValueError(
             f"invalid size {text!r}: use a number with an optional unit, "
             "e.g. 500MiB, 12GiB, 16GB or a byte count")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    value = float(match.group(1)) * _SIZE_UNITS[unit]
+    if math.isinf(value):
+        raise ValueError(f"invalid size {text!r}: too large")
+    return int(value)
 
 
 def format_size(size: float) -> str:
-    """``12.0GiB``, ``500MiB``, ``100B``: binary units, as GPU memory is usually shown."""
+    """``12.0GiB``, ``500.0MiB``, ``100B``: binary units, as GPU memory is usually shown."""
     for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if size >= scale:
             return f"{size / scale:.1f}{unit}"
