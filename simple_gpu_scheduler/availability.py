@@ -22,33 +22,22 @@ from __future__ import annotations
 
 import os
 import time
-from typing import (
-    TYPE_CHECKING,
-    Callable,
-    Dict,
-    Iterable,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-)
-
-from .jobs import Job
-from .output import Console
-from .placement import GpuPool
-
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    # Only for hints: a run that watches no hardware (``--gpus 0``, locks only)
-    # never loads the device and busy modules.
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+    # A run that watches no hardware (``--gpus 0``, locks only) never loads
+    # the device and busy modules: they are here for the hints alone.
     from .busy import Limits
     from .devices import Backend, Device, GpuProcess, Usage
+    from .jobs import Job
     from .locks import GpuLocks
+    from .output import Console
+    from .placement import GpuPool
 
-#: Our process groups: job leader pid -> (job, its GPUs); None for what an
-#: ended job left behind (still ours, being terminated).
-Leaders = Mapping[int, Optional[Tuple[Job, Tuple[str, ...]]]]
+    #: Our process groups: job leader pid -> (job, its GPUs); None for what
+    #: an ended job left behind (still ours, being terminated).
+    Leaders = Mapping[int, Optional[Tuple[Job, Tuple[str, ...]]]]
 
 
 def owner(pid: int, leaders: Leaders) -> Tuple[bool, Optional[int]]:

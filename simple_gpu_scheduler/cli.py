@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, List, NoReturn, Optional, Sequence, Tuple
-
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
+    from typing import List, NoReturn, Optional, Sequence, Tuple
+
     from .joblog import JobLogWriter, ResumeFilter
     from .output import Console
 
@@ -51,6 +52,26 @@ exit status: 0 every command succeeded, 1 some failed or did not start,
 
 class UsageError(Exception):
     """A bad command line: one line for the user, exit status 2."""
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter without its import of `shutil`, which costs more
+    start-up time than a one-job run does: argparse builds a formatter for
+    every option it checks, and each asks `shutil` for the terminal width."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_width() - 2)
+
+
+def _terminal_width() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,7 +130,7 @@ def build_parser() -> Parser:
         prog="simple_gpu_scheduler",
         description="Run shell commands from stdin on GPUs, one job per free GPU slot.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     parser.add_argument(
         "--gpus", nargs="+", metavar="ID",

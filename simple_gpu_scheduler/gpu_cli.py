@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Sequence, Tuple
-
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+
     from .availability import GpuGate
     from .busy import Limits
     from .devices import Device, Discovery

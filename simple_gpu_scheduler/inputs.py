@@ -9,7 +9,11 @@ latin-1 file name reaches the shell unchanged.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 #: The kernel's limit on one argument (MAX_ARG_STRLEN, 32 pages of 4 KiB, with
 #: the terminating NUL): a longer command cannot be passed to ``sh -c``. Lines
@@ -21,21 +25,27 @@ MAX_COMMAND_BYTES = 32 * 4096 - 1
 HEAD = 200
 
 
-class Line(NamedTuple):
+class Line(Record):
     """One input line without its newline; when `overlong` (its true length) is
     set, `data` holds only its first `HEAD` bytes."""
 
-    data: bytes
-    overlong: Optional[int] = None
+    __slots__ = ("data", "overlong")
+
+    def __init__(self, data: bytes, overlong: Optional[int] = None) -> None:
+        self.data = data
+        self.overlong = overlong
 
 
-class RawCommand(NamedTuple):
+class RawCommand(Record):
     """A command as assembled from the input, or why it cannot run."""
 
-    text: bytes
-    invalid: Optional[str] = None
-    #: The input line it starts on, counting every line from 1 (0: unknown).
-    line: int = 0
+    __slots__ = ("text", "invalid", "line")
+
+    def __init__(self, text: bytes, invalid: Optional[str] = None, line: int = 0) -> None:
+        self.text = text
+        self.invalid = invalid
+        #: The input line it starts on, counting every line from 1 (0: unknown).
+        self.line = line
 
 
 class LineSplitter:

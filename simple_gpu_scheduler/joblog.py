@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from .jobs import Job, Outcome, exit_and_signal
+from .jobs import exit_and_signal
+
+if TYPE_CHECKING:
+    from .jobs import Job, Outcome
 
 HEADER = b"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 

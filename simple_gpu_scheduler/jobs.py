@@ -9,7 +9,12 @@ that reports or logs a job says the same thing about it.
 from __future__ import annotations
 
 import signal
-from typing import Mapping, Optional, Sequence, Tuple, Union
+
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 # No dataclasses here: `dataclasses` imports `inspect`, which alone costs more
 # start-up time than the rest of a one-job run. These few classes are written
@@ -85,24 +90,11 @@ def _escape(char: str) -> str:
 # --- Outcomes of one attempt ---------------------------------------------------
 
 
-class _Outcome:
-    """Value semantics for the outcome types: equal when type and fields are."""
+class _Outcome(Record):
+    """The outcome types: values, equal when type and fields are."""
 
     __slots__: Tuple[str, ...] = ()
     ok = False
-
-    def _fields(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._fields() == self._fields()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._fields()))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({args})"
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -171,7 +163,8 @@ class NotStarted(_Outcome):
         return "not started"
 
 
-Outcome = Union[Exited, Killed, TimedOut, FailedToStart, NotStarted]
+if TYPE_CHECKING:
+    Outcome = Union[Exited, Killed, TimedOut, FailedToStart, NotStarted]
 
 
 def outcome_from_returncode(returncode: int) -> Union[Exited, Killed]:

@@ -25,7 +25,9 @@ import pwd
 import signal
 import subprocess
 import time
-from typing import Callable, List, Mapping, Optional, Tuple
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Callable, List, Mapping, Optional, Tuple
 
 from .jobs import Job, Killed, Exited, outcome_from_returncode
 from . import threads

@@ -30,7 +30,9 @@ import errno
 import fcntl
 import os
 import stat
-from typing import Dict, Optional
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Dict, Optional
 
 #: The default lock directory. /tmp and not $TMPDIR: TMPDIR can be per user
 #: (pam_tmpdir, macOS), and every user's schedulers must meet in one place.

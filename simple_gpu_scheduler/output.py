@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import IO, Callable, Dict, FrozenSet, List, Optional, Tuple
-
 from . import threads
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import IO, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+    #: What `Popen` gets for a job's stdout and stderr (None: inherit ours).
+    Streams = Tuple[Optional[object], Optional[object]]
 
 #: One lock per stream, so that lines never interleave inside a line; one
 #: lock per stream, not one for both, so that a slow reader of stdout (a job's
@@ -152,8 +157,6 @@ class TagPump:
             self._done.release()
 
 
-#: What `Popen` gets for a job's stdout and stderr (None: inherit ours).
-Streams = Tuple[Optional[object], Optional[object]]
 
 
 class OutputMode:

@@ -22,10 +22,11 @@ memory, and whatever our jobs use beyond what they declared.
 
 from __future__ import annotations
 
-from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .jobs import Job
-from .units import format_size
 
 
 class GpuSlots:
@@ -147,6 +148,8 @@ class GpuPool:
             fitting = [s for s in sizes if s is None or s >= job.mem]
             if len(fitting) < job.gpus:
                 largest = max(s for s in sizes if s is not None)
+                from .units import format_size  # only for this message
+
                 return (f"it needs {format_size(job.mem)} of GPU memory and the largest "
                         f"GPU it may use has {format_size(largest)}")
         return None

@@ -18,28 +18,37 @@ import os
 import select
 import threading
 from collections import deque
-from typing import Callable, Deque, NamedTuple, Optional
 
 from . import threads
 from .inputs import MAX_COMMAND_BYTES, CommandAssembler, LineSplitter, RawCommand
 from .jobs import Job
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Callable, Deque, Optional
+
+    #: Builds a job from its sequence number and raw command (plain text or JSONL).
+    JobFactory = Callable[[int, RawCommand], Job]
 
 #: Bytes per read. Small enough that the commands of one chunk cost little
 #: memory while they wait for room, large enough for few system calls.
 CHUNK = 16 * 1024
 
 
-class JobRead(NamedTuple):
-    job: Job
+class JobRead(Record):
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
 
 
-class InputEnded(NamedTuple):
-    #: Why reading failed, or None at a normal end of input.
-    error: Optional[str] = None
+class InputEnded(Record):
+    __slots__ = ("error",)
 
-
-#: Builds a job from its sequence number and raw command (plain text or JSONL).
-JobFactory = Callable[[int, RawCommand], Job]
+    def __init__(self, error: Optional[str] = None) -> None:
+        #: Why reading failed, or None at a normal end of input.
+        self.error = error
 
 
 class Reader:

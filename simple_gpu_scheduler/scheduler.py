@@ -35,11 +35,10 @@ import signal
 import threading
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
 from .inputs import RawCommand
 from .jobs import (
-    FailedToStart, Job, NotStarted, Outcome, TimedOut, format_duration,
+    FailedToStart, Job, NotStarted, TimedOut, format_duration,
     gpu_label, signal_name,
 )
 from .launcher import Execution, LaunchError, LocalLauncher, group_alive, send_group
@@ -47,10 +46,15 @@ from .output import Console, OutputMode, Passthrough
 from .placement import GpuPool
 from .progress import summary_lines
 from .reader import InputEnded, JobRead, Reader
+from .record import Record
 from .state import RunState, status_table
 
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+
     from .availability import GpuGate
+    from .jobs import Outcome
     from .joblog import JobLogWriter, ResumeFilter
     from .progress import ProgressLine
 
@@ -79,12 +83,18 @@ class Leftover:
         self.killed_at: Optional[float] = None
 
 
-class SignalReceived(NamedTuple):
-    signum: int
+class SignalReceived(Record):
+    __slots__ = ("signum",)
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
 
-class JobExited(NamedTuple):
-    execution: Execution
+class JobExited(Record):
+    __slots__ = ("execution",)
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution = execution
 
 
 class Config:

@@ -10,28 +10,48 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Deque, Dict, List, NamedTuple, Optional, Tuple
 
-from .jobs import Job, NotStarted, Outcome, format_duration, gpu_label
+from .jobs import Job, NotStarted, format_duration, gpu_label
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Deque, Dict, List, Optional, Tuple
+
+    from .jobs import Outcome
 
 
-class RunningView(NamedTuple):
-    job_id: int
-    gpus: Tuple[str, ...]
-    runtime: float
-    command: str
+class RunningView(Record):
+    __slots__ = ("job_id", "gpus", "runtime", "command")
+
+    def __init__(self, job_id: int, gpus: Tuple[str, ...], runtime: float, command: str) -> None:
+        self.job_id = job_id
+        self.gpus = gpus
+        self.runtime = runtime
+        self.command = command
 
 
-class Snapshot(NamedTuple):
-    running: Tuple[RunningView, ...]
-    queued: int
-    succeeded: int
-    failed: int
-    not_started: int
-    #: commands skipped because the job log says they are done (``--resume``)
-    skipped: int
-    input_open: bool
-    elapsed: float
+class Snapshot(Record):
+    """Where the run stands at one moment."""
+
+    __slots__ = (
+        "running", "queued", "succeeded", "failed", "not_started", "skipped", "input_open",
+        "elapsed",
+    )
+
+    def __init__(
+        self, running: Tuple[RunningView, ...], queued: int, succeeded: int, failed: int,
+        not_started: int, skipped: int, input_open: bool, elapsed: float,
+    ) -> None:
+        self.running = running
+        self.queued = queued
+        self.succeeded = succeeded
+        self.failed = failed
+        self.not_started = not_started
+        #: commands skipped because the job log says they are done (``--resume``)
+        self.skipped = skipped
+        self.input_open = input_open
+        self.elapsed = elapsed
 
 
 class RunState:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import _thread
 import signal
-from typing import Any, Callable
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 #: The signals the scheduling loop handles; see `scheduler.STOP_SIGNALS`.
 MAIN_THREAD_ONLY = frozenset(

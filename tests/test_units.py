@@ -184,5 +184,5 @@ def test_status_table_when_idle_and_input_ended() -> None:
 def test_snapshot_is_ordered_by_job_id() -> None:
     snap = make_state().snapshot(now=150.0)
     assert [r.job_id for r in snap.running] == [3, 4]
-    snap = snap._replace(running=snap.running[::-1])
+    snap = snap.replace(running=snap.running[::-1])
     assert [line.split()[0] for line in status_table(snap)[2:]] == ["4", "3"]
