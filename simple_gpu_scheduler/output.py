@@ -18,9 +18,6 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import IO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-    #: What `Popen` gets for a job's stdout and stderr (None: inherit ours).
-    Streams = Tuple[Optional[object], Optional[object]]
-
 #: One lock per stream, so that lines never interleave inside a line; one
 #: lock per stream, not one for both, so that a slow reader of stdout (a job's
 #: output tagged into a paused pager) never holds up the scheduler's stderr.
@@ -159,19 +156,43 @@ class TagPump:
 
 
 
+class JobStreams:
+    """A job's stdout and stderr as the child gets them (fds; None: ours), and
+    what the parent does once the child has its copies."""
+
+    def __init__(
+        self, out: Optional[int] = None, err: Optional[int] = None,
+        copies: Tuple[Tuple[int, int, bytes], ...] = (),
+    ) -> None:
+        self.out = out
+        self.err = err
+        #: (read end, our fd, prefix) of every pipe to copy line by line
+        self._copies = copies
+
+    def started(self) -> List[TagPump]:
+        """The child has its copies: close ours, start the line copies."""
+        self._close_child_ends()
+        return [TagPump(open(read, "rb"), fd, prefix) for read, fd, prefix in self._copies]
+
+    def close(self) -> None:
+        """The child never started: close everything."""
+        self._close_child_ends()
+        for read, _, _ in self._copies:
+            os.close(read)
+
+    def _close_child_ends(self) -> None:
+        for fd in (self.out, self.err):
+            if fd is not None:
+                os.close(fd)
+
+
 class OutputMode:
     """How job output is routed; one instance per run."""
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
-        """The stdout and stderr for a job's process."""
-        return None, None
-
-    def after_start(
-        self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
-        job_id: int, gpus: Tuple[str, ...],
-    ) -> List[TagPump]:
-        """Start whatever copies the output; returns the copies to wait for."""
-        return []
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
+        """The stdout and stderr for one attempt's process (OSError if they
+        cannot be opened)."""
+        return JobStreams()
 
 
 class Passthrough(OutputMode):
@@ -185,21 +206,11 @@ class Tagged(OutputMode):
     def __init__(self, prefix: bool = True) -> None:
         self.prefix = prefix
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
-        import subprocess
-
-        return subprocess.PIPE, subprocess.PIPE
-
-    def after_start(
-        self, proc_stdout: Optional[IO[bytes]], proc_stderr: Optional[IO[bytes]],
-        job_id: int, gpus: Tuple[str, ...],
-    ) -> List[TagPump]:
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
         prefix = tag_prefix(job_id, gpus) if self.prefix else b""
-        return [
-            TagPump(source, fd, prefix)
-            for source, fd in ((proc_stdout, 1), (proc_stderr, 2))
-            if source is not None
-        ]
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        return JobStreams(out_write, err_write, ((out_read, 1, prefix), (err_read, 2, prefix)))
 
 
 def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
@@ -212,20 +223,13 @@ class LogDir(OutputMode):
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> Streams:
-        mode = "wb" if attempt <= 1 else "ab"
-        out = open(os.path.join(self.directory, f"{job_id}.out"), mode)
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        flags |= os.O_TRUNC if attempt <= 1 else os.O_APPEND
+        out = os.open(os.path.join(self.directory, f"{job_id}.out"), flags, 0o666)
         try:
-            err = open(os.path.join(self.directory, f"{job_id}.err"), mode)
+            err = os.open(os.path.join(self.directory, f"{job_id}.err"), flags, 0o666)
         except OSError:
-            out.close()
+            os.close(out)
             raise
-        return out, err
-
-
-def close_streams(streams: Streams) -> None:
-    """Close the files `LogDir.streams` opened, once the child has its copies."""
-    for stream in streams:
-        close: Optional[Callable[[], None]] = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        return JobStreams(out, err)
