@@ -51,7 +51,7 @@ from .state import RunState, status_table
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+    from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
     from .availability import GpuGate
     from .jobs import Outcome
@@ -195,6 +195,8 @@ class Scheduler:
         self._poll_armed = False
         self._said_unknown_memory = False
         self._losses_seen = 0
+        #: GPUs freed this turn whose locks may go back (see `_free_gpus`)
+        self._unlock_later: Set[str] = set()
         self.state = RunState()
         self.launcher = LocalLauncher(
             on_exit=lambda execution: self.events.put(JobExited(execution)),
@@ -253,6 +255,10 @@ class Scheduler:
                     self._handle(event)
                 self.timers.fire()
                 self._dispatch()
+                if self._unlock_later:
+                    assert self.gate is not None
+                    self.gate.unlock_unused(self.pool, self._unlock_later)
+                    self._unlock_later.clear()
                 if self.config.progress is not None:
                     self._show_progress()
         except BaseException:
@@ -405,7 +411,9 @@ class Scheduler:
     def _free_gpus(self, job: Job, gpus: Tuple[str, ...]) -> None:
         self.pool.release(gpus, job)
         if self.gate is not None:
-            self.gate.unlock_unused(self.pool, gpus)
+            # Their locks are given back after this turn's dispatch, and only
+            # if no job took the GPUs again: a busy queue keeps its locks.
+            self._unlock_later.update(gpus)
             self.gate.job_ended(self.pool)
 
     def _taken(self, job: Job) -> None:
