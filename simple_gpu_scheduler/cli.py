@@ -295,7 +295,8 @@ def _main(argv: Optional[List[str]]) -> int:
         return list_gpus(args, console)
     plan = plan_gpus(args, console)
 
-    from .scheduler import Config, Scheduler
+    from .config import Config
+    from .scheduler import Scheduler
 
     if args.log_dir is not None:
         try:

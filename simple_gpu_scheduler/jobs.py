@@ -14,7 +14,7 @@ from .record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+    from typing import Mapping, Optional, Sequence, Tuple, Union
 
 # No dataclasses here: `dataclasses` imports `inspect`, which alone costs more
 # start-up time than the rest of a one-job run. These few classes are written

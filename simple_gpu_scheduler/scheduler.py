@@ -27,61 +27,36 @@ start if the outside world changed.
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import os
 import queue
 import signal
-import threading
 import time
-from types import MappingProxyType
 
+from . import leftovers
+from .config import Config
 from .inputs import RawCommand
 from .jobs import (
-    FailedToStart, Job, NotStarted, TimedOut, format_duration,
-    gpu_label, signal_name,
+    FailedToStart, Job, NotStarted, TimedOut, format_duration, gpu_label, signal_name,
 )
-from .launcher import Execution, LaunchError, LocalLauncher, group_alive, send_group
-from .output import Console, OutputMode, Passthrough
+from .launcher import Execution, LaunchError, LocalLauncher
+from .leftovers import Leftovers
+from .output import Console
 from .placement import GpuPool
 from .progress import summary_lines
 from .reader import InputEnded, JobRead, Reader
 from .record import Record
 from .state import RunState, status_table
+from .timers import Timer, Timers
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+    from typing import Dict, Optional, Set, Tuple
 
-    from .availability import GpuGate
     from .jobs import Outcome
-    from .joblog import JobLogWriter, ResumeFilter
-    from .progress import ProgressLine
 
 #: Signals that stop the run: the first drains, later ones terminate.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 DRAIN, TERMINATE, KILL = 1, 2, 3
-
-#: Seconds between looks at what ended jobs left behind: those processes are
-#: not our children, so no exit event comes for them. Only while there are some.
-LEFTOVER_POLL = 0.05
-#: After SIGKILL, how long to wait for leftovers before giving their GPUs back
-#: anyway (a zombie that nobody reaps stays "alive" for ever).
-LEFTOVER_GIVE_UP = 1.0
-
-
-class Leftover:
-    """Processes an ended job left in its process group, still on its GPUs."""
-
-    __slots__ = ("job", "gpus", "kill_at", "killed_at")
-
-    def __init__(self, job: Job, gpus: Tuple[str, ...], kill_at: float) -> None:
-        self.job = job
-        self.gpus = gpus
-        self.kill_at = kill_at
-        self.killed_at: Optional[float] = None
-
 
 class SignalReceived(Record):
     __slots__ = ("signum",)
@@ -95,93 +70,6 @@ class JobExited(Record):
 
     def __init__(self, execution: Execution) -> None:
         self.execution = execution
-
-
-class Config:
-    """What the scheduler is told: the class attributes are the defaults, and
-    ``Config(gpus=..., timeout=...)`` overrides them by name."""
-
-    gpus: Tuple[str, ...] = ()
-    #: None: jobs that declare `mem` share a GPU by memory, others have it alone.
-    jobs_per_gpu: Optional[int] = 1
-    gpus_per_job: int = 1
-    shell: Optional[str] = None
-    kill_grace: float = 10.0
-    output: OutputMode = Passthrough()  # stateless, so one can be shared
-    #: Seconds an attempt may run, and extra attempts for a failed job.
-    timeout: Optional[float] = None
-    retries: int = 0
-    #: None, "soon" (drain) or "now" (terminate) after the first final failure.
-    halt: Optional[str] = None
-    joblog: Optional[JobLogWriter] = None
-    resume: Optional[ResumeFilter] = None
-    progress: Optional[ProgressLine] = None
-    #: The command line that resumes this run, for the summary.
-    resume_hint: Optional[str] = None
-
-    # --- what is known about the GPUs, and the options about them -----------
-    #: GPU id -> bytes jobs' `mem` may add up to (``--gpu-memory`` or reported size)
-    gpu_memory: Mapping[str, int] = MappingProxyType({})
-    #: GPU ids that are MIG instances
-    mig: FrozenSet[str] = frozenset()
-    #: other names of GPU ids for JSONL ``on`` (UUIDs)
-    aliases: Mapping[str, str] = MappingProxyType({})
-    #: busy checks, locks, lost GPUs; None when none of these apply
-    gate: Optional["GpuGate"] = None
-    #: "text" (one command per line) or "jsonl" (one JSON object per line)
-    input_format: str = "text"
-    #: later jobs that fit now may start before a waiting earlier one
-    backfill: bool = False
-
-    def __init__(self, **options: Any) -> None:
-        for name, value in options.items():
-            if not hasattr(Config, name) or name.startswith("_"):
-                raise TypeError(f"Config has no option {name!r}")
-            setattr(self, name, value)
-
-
-class Timer:
-    """A pending action; `cancel` makes it a no-op and lets the loop forget it."""
-
-    __slots__ = ("deadline", "action", "cancelled")
-
-    def __init__(self, deadline: float, action: Callable[[], None]) -> None:
-        self.deadline = deadline
-        self.action = action
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class Timers:
-    """Deadlines on the monotonic clock; the loop sleeps until the earliest."""
-
-    def __init__(self) -> None:
-        self._heap: List[Tuple[float, int, Timer]] = []
-        self._seq = itertools.count()
-
-    def at(self, deadline: float, action: Callable[[], None]) -> Timer:
-        timer = Timer(deadline, action)
-        heapq.heappush(self._heap, (deadline, next(self._seq), timer))
-        return timer
-
-    def timeout(self) -> Optional[float]:
-        """Seconds until the next live deadline, or None (block) when there is none."""
-        while self._heap and self._heap[0][2].cancelled:
-            heapq.heappop(self._heap)
-        if not self._heap:
-            return None
-        # A --timeout of 1000 years is a valid "never": the wait is capped
-        # at what the lock primitive accepts, and the loop simply waits again.
-        return min(threading.TIMEOUT_MAX, max(0.0, self._heap[0][0] - time.monotonic()))
-
-    def fire(self) -> None:
-        now = time.monotonic()
-        while self._heap and self._heap[0][0] <= now:
-            _, _, timer = heapq.heappop(self._heap)
-            if not timer.cancelled:
-                timer.action()
 
 
 class Scheduler:
@@ -213,9 +101,9 @@ class Scheduler:
         self.deadlines: Dict[int, Timer] = {}
         #: job ids of attempts ended by their timeout
         self.timed_out: Dict[int, float] = {}
-        #: process groups of ended jobs that left processes behind; they keep
-        #: their GPUs until those processes are gone
-        self.lingering: Dict[int, Leftover] = {}
+        #: ended jobs' process groups that still have processes: they keep
+        #: their GPUs until those are gone
+        self.leftovers = Leftovers()
         self._leftover_poll_armed = False
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
@@ -270,8 +158,7 @@ class Scheduler:
             raise
         finally:
             # Whatever ended jobs left behind does not outlive the scheduler.
-            for pgid in self.lingering:  # only on an error: `_done` waits for them
-                send_group(pgid, signal.SIGKILL)
+            self.leftovers.kill_all(time.monotonic())  # only on an error: `_done` waits
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if self.gate is not None:
@@ -288,7 +175,7 @@ class Scheduler:
         self.events.put(SignalReceived(signum))
 
     def _done(self) -> bool:
-        if self.executions or self.lingering:
+        if self.executions or self.leftovers:
             return False
         return self.stop_level > 0 or (not self.state.input_open and not self.state.pending)
 
@@ -402,7 +289,7 @@ class Scheduler:
     def _leaders(self) -> Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]]:
         """Our process groups, for telling our processes on a GPU from others'."""
         leaders: Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]] = {
-            pgid: (left.job, left.gpus) for pgid, left in self.lingering.items()
+            left.pgid: (left.job, left.gpus) for left in self.leftovers
         }
         for execution in self.executions.values():
             leaders[execution.pid] = (execution.job, execution.gpus)
@@ -474,45 +361,29 @@ class Scheduler:
         self._ended(job, execution.gpus, outcome, execution.started_wall, execution.runtime)
 
     def _linger(self, execution: Execution) -> None:
-        """The job's shell is gone but it left processes behind (``cmd &``, a
-        DataLoader worker): end them too, SIGTERM then SIGKILL after the grace,
-        and give the job's GPUs to the next job only once they are gone."""
-        pgid = execution.pid
-        now = time.monotonic()
-        leftover = Leftover(execution.job, execution.gpus, now + self.config.kill_grace)
-        self.lingering[pgid] = leftover
+        """The job's shell is gone but it left processes behind: end them
+        (see `leftovers`); its GPUs stay booked until they are gone."""
         self.console.debug(f"job {execution.job.id} left processes behind; terminating them")
-        if self.stop_level >= KILL:
-            send_group(pgid, signal.SIGKILL)
-            leftover.killed_at = now
-        else:
-            send_group(pgid, signal.SIGTERM)
+        self.leftovers.add(
+            execution.pid, execution.job, execution.gpus, time.monotonic(),
+            self.config.kill_grace, kill_now=self.stop_level >= KILL)
         self._watch_leftovers()
 
     def _watch_leftovers(self) -> None:
-        if self.lingering and not self._leftover_poll_armed:
+        if self.leftovers and not self._leftover_poll_armed:
             self._leftover_poll_armed = True
-            self.timers.at(time.monotonic() + LEFTOVER_POLL, self._check_leftovers)
+            self.timers.at(time.monotonic() + leftovers.POLL, self._check_leftovers)
 
     def _check_leftovers(self) -> None:
         self._leftover_poll_armed = False
-        now = time.monotonic()
-        for pgid, left in list(self.lingering.items()):
-            if not group_alive(pgid):
-                self._leftovers_gone(pgid)
-            elif left.killed_at is None and now >= left.kill_at:
-                send_group(pgid, signal.SIGKILL)
-                left.killed_at = now
-            elif left.killed_at is not None and now - left.killed_at >= LEFTOVER_GIVE_UP:
-                self.console.line(
-                    f"job {left.job.id}: process group {pgid} is still there after SIGKILL; "
-                    f"giving {gpu_label(left.gpus)} back anyway")
-                self._leftovers_gone(pgid)
+        gone, given_up = self.leftovers.check(time.monotonic())
+        for left in given_up:
+            self.console.line(
+                f"job {left.job.id}: process group {left.pgid} is still there after SIGKILL; "
+                f"giving {gpu_label(left.gpus)} back anyway")
+        for left in gone + given_up:
+            self._free_gpus(left.job, left.gpus)
         self._watch_leftovers()
-
-    def _leftovers_gone(self, pgid: int) -> None:
-        left = self.lingering.pop(pgid)
-        self._free_gpus(left.job, left.gpus)
 
     def _ended(
         self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, started_wall: float,
@@ -599,10 +470,7 @@ class Scheduler:
     def _kill_all(self) -> None:
         for execution in self.executions.values():
             execution.signal(signal.SIGKILL)
-        now = time.monotonic()
-        for pgid, left in self.lingering.items():
-            send_group(pgid, signal.SIGKILL)
-            left.killed_at = left.killed_at or now
+        self.leftovers.kill_all(time.monotonic())
 
     # --- reporting ------------------------------------------------------------
 
