@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .joblog import JobLogWriter, ResumeFilter
     from .output import Console
 
-from . import __version__
+from . import __version__, argtypes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -81,32 +81,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-positive_int.__name__ = "positive integer"
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
-
-
-seconds.__name__ = "seconds"
-
-
 def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
     """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
 
@@ -139,12 +113,12 @@ def build_parser() -> Parser:
         "NVML or nvidia-smi finds, within CUDA_VISIBLE_DEVICES if set",
     )
     parser.add_argument(
-        "--jobs-per-gpu", type=positive_int, metavar="K",
+        "--jobs-per-gpu", type=argtypes.positive_int, metavar="K",
         help="jobs that may share one GPU (default: 1, except that jobs declaring "
         "mem share a GPU as long as their memory fits)",
     )
     parser.add_argument(
-        "--gpus-per-job", type=positive_int, default=1, metavar="N",
+        "--gpus-per-job", type=argtypes.positive_int, default=1, metavar="N",
         help="distinct GPUs each job gets (default: %(default)s)",
     )
     parser.add_argument(
@@ -162,7 +136,7 @@ def build_parser() -> Parser:
         help="write each job's output to DIR/<job id>.out and .err (DIR is created)",
     )
     parser.add_argument(
-        "--kill-grace", type=seconds, default=10.0, metavar="SECONDS",
+        "--kill-grace", type=argtypes.seconds, default=10.0, metavar="SECONDS",
         help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
     )
     add_run_options(parser)
@@ -175,31 +149,6 @@ def build_parser() -> Parser:
 
     add_gpu_arguments(parser)
     return parser
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-non_negative_int.__name__ = "non-negative integer"
-
-
-def duration(text: str) -> float:
-    from .units import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-duration.__name__ = "duration"
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -221,12 +170,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "run failed and missing ones",
     )
     group.add_argument(
-        "--timeout", type=duration, metavar="DURATION",
+        "--timeout", type=argtypes.duration, metavar="DURATION",
         help="end an attempt after DURATION (90, 30s, 15m, 2h, 1d): SIGTERM to its "
         "process group, SIGKILL after --kill-grace; it counts as failed",
     )
     group.add_argument(
-        "--retries", type=non_negative_int, default=0, metavar="N",
+        "--retries", type=argtypes.non_negative_int, default=0, metavar="N",
         help="run a failed job up to N more times, on the first free GPU (default: %(default)s)",
     )
     group.add_argument(

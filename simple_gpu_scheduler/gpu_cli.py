@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+from . import argtypes
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -27,59 +29,6 @@ NO_GPUS = "no GPUs found; pass --gpus"
 BUSY_FLAGS = "--max-gpu-memory, --max-gpu-util and --only-idle"
 
 
-def _fraction_or_size(text: str) -> object:
-    from .busy import parse_memory_limit
-
-    try:
-        return parse_memory_limit(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-_fraction_or_size.__name__ = "fraction or size"
-
-
-def _size(text: str) -> int:
-    from .units import parse_size
-
-    try:
-        value = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size above 0, got {text!r}")
-    return value
-
-
-_size.__name__ = "size"
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
-    return value
-
-
-_percent.__name__ = "percentage"
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
-
-
-_interval.__name__ = "seconds"
-
-
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this module, in their own help section."""
     from .locks import DEFAULT_LOCK_DIR, LOCK_DIR_VARIABLE
@@ -91,18 +40,18 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--list-gpus", action="store_true",
                        help="print the GPUs found, their use and whether they are busy, and exit")
     group.add_argument(
-        "--max-gpu-memory", type=_fraction_or_size, metavar="FRACTION|SIZE",
+        "--max-gpu-memory", type=argtypes.fraction_or_size, metavar="FRACTION|SIZE",
         help="a GPU on which other processes use more memory than this (0.1, 10%%, 4GiB) "
         "is busy: no job starts there until it falls below")
     group.add_argument(
-        "--max-gpu-util", type=_percent, metavar="PERCENT",
+        "--max-gpu-util", type=argtypes.percent, metavar="PERCENT",
         help="a GPU used above this utilization is busy (judged while none of our "
         "jobs runs on it: utilization is one number for the whole GPU)")
     group.add_argument(
         "--only-idle", action="store_true",
         help="a GPU on which any process this scheduler did not start holds memory is busy")
     group.add_argument(
-        "--poll", type=_interval, default=10.0, metavar="SECONDS",
+        "--poll", type=argtypes.interval, default=10.0, metavar="SECONDS",
         help="while a job waits for a busy or locked GPU, look again this often "
         "(default: %(default)g)")
     group.add_argument(
@@ -111,7 +60,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         "cmd and optional gpus, mem, on, name, priority, env, cwd, timeout, retries "
         "(default: %(default)s)")
     group.add_argument(
-        "--gpu-memory", type=_size, metavar="SIZE",
+        "--gpu-memory", type=argtypes.size, metavar="SIZE",
         help="memory of each GPU that jobs' mem may add up to "
         "(default: the size NVML or nvidia-smi reports)")
     group.add_argument(

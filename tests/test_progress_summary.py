@@ -12,16 +12,15 @@ import pty
 import re
 import select
 import shlex
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import pytest
 
+from file_runs import ENV, SCRIPT, run_sgs, wait_for
 from simple_gpu_scheduler import progress
 from simple_gpu_scheduler.joblog import read_joblog
 from simple_gpu_scheduler.progress import (
@@ -29,9 +28,6 @@ from simple_gpu_scheduler.progress import (
 )
 from simple_gpu_scheduler.state import RunningView, Snapshot
 
-_NEXT_TO_PYTHON = Path(sys.executable).with_name("simple_gpu_scheduler")
-SCRIPT = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("simple_gpu_scheduler")
-ENV = {**os.environ, "SHELL": "/bin/sh"}
 
 STATUS = re.compile(
     r"done (\d+) \| failed (\d+) \| running (\d+) \| queued (\d+)(\+?) \| \d+:\d\d:\d\d"
@@ -47,22 +43,6 @@ def snap(succeeded: int = 0, failed: int = 0, running: int = 0, queued: int = 0,
                     elapsed=elapsed)
 
 
-def run_sgs(args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 30,
-            script: str = "") -> subprocess.CompletedProcess:
-    assert SCRIPT, "simple_gpu_scheduler is not on PATH (pip install -e .)"
-    source = cwd / f"input-{time.monotonic_ns()}.txt"
-    source.write_bytes(stdin)
-    with open(source, "rb") as handle:
-        return subprocess.run([script or SCRIPT, *args], stdin=handle, capture_output=True,
-                              cwd=cwd, env=ENV, timeout=timeout, start_new_session=True)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def sgs_lines(stderr: bytes) -> List[str]:

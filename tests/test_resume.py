@@ -9,78 +9,26 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence
+from typing import Iterator, List
 
 import pytest
 
+from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
 from simple_gpu_scheduler.joblog import HEADER, Row, format_row, read_joblog
 
-_NEXT_TO_PYTHON = Path(sys.executable).with_name("simple_gpu_scheduler")
-SCRIPT = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("simple_gpu_scheduler")
-ENV = {**os.environ, "SHELL": "/bin/sh"}
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def run_sgs(
-    args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 30
-) -> subprocess.CompletedProcess:
-    """Run the scheduler to its end; stdin is a file, so the input ends at once."""
-    assert SCRIPT, "simple_gpu_scheduler is not on PATH (pip install -e .)"
-    source = cwd / f"input-{time.monotonic_ns()}.txt"
-    source.write_bytes(stdin)
-    with open(source, "rb") as handle:
-        return subprocess.run([SCRIPT, *args], stdin=handle, capture_output=True, cwd=cwd,
-                              env=ENV, timeout=timeout, start_new_session=True)
 
 
-def start_sgs(args: Sequence[str], stdin: bytes, cwd: Path) -> subprocess.Popen:
-    assert SCRIPT, "simple_gpu_scheduler is not on PATH (pip install -e .)"
-    source = cwd / f"input-{time.monotonic_ns()}.txt"
-    source.write_bytes(stdin)
-    with open(source, "rb") as handle:
-        return subprocess.Popen([SCRIPT, *args], stdin=handle, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=cwd, env=ENV, start_new_session=True)
 
-
-def stop(proc: subprocess.Popen) -> None:
-    """Leave nothing running after a failed test: terminate (twice), then kill."""
-    if proc.returncode is not None:
-        return
-    for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signum)
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        proc.communicate(timeout=10)
-    except (subprocess.TimeoutExpired, ValueError):
-        pass
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def rows_of(path: Path) -> List[Row]:
-    rows, warning, _ = read_joblog(str(path))
-    assert warning is None, warning
-    return rows
 
 
 def ids_in(path: Path) -> List[int]:
@@ -89,23 +37,6 @@ def ids_in(path: Path) -> List[int]:
     except FileNotFoundError:
         return []
 
-
-def processes_with(marker: bytes) -> List[int]:
-    """Live (non-zombie) processes whose command line contains `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
 
 
 def sweep(tmp_path: Path, count: int = 12, seconds: float = 0.2) -> List[bytes]:

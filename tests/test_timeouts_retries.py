@@ -9,68 +9,24 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import List
 
 import pytest
 
-from simple_gpu_scheduler.joblog import Row, read_joblog
+from file_runs import ENV, SCRIPT, processes_with, rows_of, run_sgs, wait_for
 from simple_gpu_scheduler.units import parse_duration
 
-_NEXT_TO_PYTHON = Path(sys.executable).with_name("simple_gpu_scheduler")
-SCRIPT = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("simple_gpu_scheduler")
-ENV = {**os.environ, "SHELL": "/bin/sh"}
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def run_sgs(
-    args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 30
-) -> subprocess.CompletedProcess:
-    assert SCRIPT, "simple_gpu_scheduler is not on PATH (pip install -e .)"
-    source = cwd / f"input-{time.monotonic_ns()}.txt"
-    source.write_bytes(stdin)
-    with open(source, "rb") as handle:
-        return subprocess.run([SCRIPT, *args], stdin=handle, capture_output=True, cwd=cwd,
-                              env=ENV, timeout=timeout, start_new_session=True)
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def rows_of(path: Path) -> List[Row]:
-    rows, warning, _ = read_joblog(str(path))
-    assert warning is None, warning
-    return rows
-
-
-def processes_with(marker: bytes) -> List[int]:
-    """Live (non-zombie) processes whose command line contains `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
 
 
 def kill_all(marker: bytes) -> None:
