@@ -59,6 +59,8 @@ def sgs_command() -> str:
 #: A lock directory of our own (SGS_LOCK_DIR): the schedulers of this suite never
 #: wait for, or hold up, GPU locks of other suites or users running at the same time.
 LOCK_DIR = tempfile.mkdtemp(prefix="sgs-test-locks-")
+# Also for the tests that build their environment from os.environ themselves.
+os.environ["SGS_LOCK_DIR"] = LOCK_DIR
 
 
 def child_env(extra: Optional[Dict[str, str]] = None, *, shell: Optional[str] = "/bin/sh"
