@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from typing import Dict, Optional, Set, Tuple
 
     from .jobs import Outcome
+    from .jobspec import Defaults
 
 #: Signals that stop the run: the first drains, later ones terminate.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -109,6 +110,7 @@ class Scheduler:
         self.stop_signal: Optional[int] = None
         self.input_error = False
         self.ticker: Optional[Timer] = None
+        self._jsonl_defaults: Optional[Defaults] = None  # built on the first JSON line
 
     # --- building jobs --------------------------------------------------------
 
@@ -118,11 +120,12 @@ class Scheduler:
         if self.config.input_format == "jsonl":
             from .jobspec import Defaults, parse_job
 
-            defaults = Defaults(
-                gpus=self.config.gpus_per_job, aliases=self.config.aliases,
-                timeout=self.config.timeout, retries=self.config.retries,
-            )
-            return parse_job(seq, raw, defaults)
+            if self._jsonl_defaults is None:
+                self._jsonl_defaults = Defaults(
+                    gpus=self.config.gpus_per_job, aliases=self.config.aliases,
+                    timeout=self.config.timeout, retries=self.config.retries,
+                )
+            return parse_job(seq, raw, self._jsonl_defaults)
         return Job(
             id=seq, command=raw.text, gpus=self.config.gpus_per_job, invalid=raw.invalid,
             timeout=self.config.timeout, retries=self.config.retries,
