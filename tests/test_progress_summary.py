@@ -20,7 +20,7 @@ from typing import List, Sequence, Tuple
 
 import pytest
 
-from file_runs import ENV, SCRIPT, run_sgs, wait_for
+from file_runs import ENV, SCRIPT, run_sgs, start_sgs, stop, wait_for
 from simple_gpu_scheduler import progress
 from simple_gpu_scheduler.joblog import read_joblog
 from simple_gpu_scheduler.progress import (
@@ -195,20 +195,14 @@ def test_summary_and_resume_hint_that_works(tmp_path: Path) -> None:
 
 def test_summary_counts_not_started_after_a_drain(tmp_path: Path) -> None:
     started = tmp_path / "started"
-    source = tmp_path / "input.txt"
-    source.write_bytes(f"touch '{started}'; sleep 0.3\nexit 0\ntrue\n".encode())
-    with open(source, "rb") as handle:
-        proc = subprocess.Popen([SCRIPT or "", "--gpus", "0", "--joblog", "j.log"], stdin=handle,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                                env=ENV, start_new_session=True)
+    proc = start_sgs(["--gpus", "0", "--joblog", "j.log"],
+                     f"touch '{started}'; sleep 0.3\nexit 0\ntrue\n".encode(), tmp_path)
     try:
         wait_for(started.exists, what="job 1 to start")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        stop(proc)
     assert proc.returncode == 130
     said = sgs_lines(err)
     assert said[-2].endswith("1 of 3 succeeded, 0 failed, 2 not started"), said

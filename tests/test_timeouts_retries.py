@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from file_runs import ENV, SCRIPT, processes_with, rows_of, run_sgs, wait_for
+from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
 from simple_gpu_scheduler.units import parse_duration
 
 
@@ -309,19 +308,13 @@ def test_halt_waits_for_the_last_retry(tmp_path: Path) -> None:
 
 def test_a_stop_signal_sets_exit_status_128_plus_signal(tmp_path: Path) -> None:
     marker = tmp_path / "started"
-    source = tmp_path / "input.txt"
-    source.write_bytes(f"touch '{marker}'; sleep 0.3\ntouch ran2\n".encode())
-    with open(source, "rb") as handle:
-        proc = subprocess.Popen([SCRIPT, "--gpus", "0"], stdin=handle, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=tmp_path, env=ENV,
-                                start_new_session=True)
+    proc = start_sgs(["--gpus", "0"], f"touch '{marker}'; sleep 0.3\ntouch ran2\n".encode(),
+                     tmp_path)
     try:
         wait_for(marker.exists, what="job 1 to start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        stop(proc)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert not (tmp_path / "ran2").exists()
