@@ -159,7 +159,7 @@ class CommandAssembler:
         if overlong is not None or len(text) > self._limit:
             size = len(text) + (overlong or 0)
             return RawCommand(
-                text[:200],
+                text[:HEAD],
                 invalid=f"the command is {size} bytes long; the kernel allows "
                 f"at most {self._limit} bytes in one argument",
                 line=self._start,

@@ -7,7 +7,7 @@ through `query`, which turns an `NVMLError` into an `Unavailable` value: callers
 test for it instead of wrapping each call in ``try``, and a GPU that fell off
 the bus (``GPU is lost``) is told apart from a value that is merely not
 supported. Modelled on nvitop's ``api/libnvml.py`` (``_lazy_init``,
-``nvmlQuery``, ``NA``).
+``nvmlQuery``).
 
 NVML is never shut down: the process's exit releases it, and shutting it down
 while another thread might still query it would only add a failure mode.
@@ -34,10 +34,6 @@ class Unavailable:
 
     def __repr__(self) -> str:
         return f"Unavailable({self.reason!r}{', lost' if self.lost else ''})"
-
-
-#: A generic "not available" for values that were never asked.
-NA = Unavailable("not available")
 
 _lock = threading.Lock()
 _pynvml: Any = None

@@ -65,13 +65,6 @@ class GpuSlots:
     def __repr__(self) -> str:
         return f"GpuSlots({self.id!r}, running={self.running}, capacity={self.capacity})"
 
-    @property
-    def free(self) -> int:
-        """Jobs without ``mem`` that could still start here."""
-        if self.capacity is None:
-            return 0 if self.running else 1
-        return self.capacity - self.running
-
 
 class GpuPool:
     """The slot and memory book of a fixed set of GPUs."""

@@ -31,7 +31,7 @@ import queue
 import signal
 import time
 
-from . import leftovers
+from . import leftovers, threads
 from .config import Config
 from .inputs import RawCommand
 from .jobs import (
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 
     from .jobs import Outcome
     from .jobspec import Defaults
-
-#: Signals that stop the run: the first drains, later ones terminate.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 DRAIN, TERMINATE, KILL = 1, 2, 3
 
@@ -134,7 +131,9 @@ class Scheduler:
     # --- the loop -------------------------------------------------------------
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, self._record_signal) for s in (*STOP_SIGNALS, signal.SIGUSR1)}
+        # The stop signals (the first drains, later ones terminate) and SIGUSR1;
+        # helper threads block exactly these, so they reach this thread.
+        previous = {s: signal.signal(s, self._record_signal) for s in threads.MAIN_THREAD_ONLY}
         try:
             self.reader.start()
             while not self._done():
