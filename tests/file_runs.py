@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 from conftest import live_pids
-from simple_gpu_scheduler.joblog import Row, read_joblog
+from simple_gpu_scheduler.report.joblog import Row, read_joblog
 
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("simple_gpu_scheduler")
 SCRIPT = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("simple_gpu_scheduler")

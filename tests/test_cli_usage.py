@@ -13,7 +13,8 @@ from typing import List
 import pytest
 
 from simple_gpu_scheduler import __version__
-from simple_gpu_scheduler.cli import UsageError, parse_gpu_ids
+from simple_gpu_scheduler.cli.gpu_options import parse_gpu_ids
+from simple_gpu_scheduler.errors import UsageError
 
 from conftest import RUN_TIMEOUT, child_env, run_sgs
 

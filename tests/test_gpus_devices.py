@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from gpu_fakes import read_lines, wait_for
 
-from simple_gpu_scheduler import smi
-from simple_gpu_scheduler.availability import owner, split_processes
-from simple_gpu_scheduler.busy import Limits, MemoryLimit, excess_memory, judge, parse_memory_limit
-from simple_gpu_scheduler.devices import Device, GpuProcess, Usage, resolve_ids, select_visible
+from simple_gpu_scheduler.gpus import smi
+from simple_gpu_scheduler.gpus.gate import owner, split_processes
+from simple_gpu_scheduler.gpus.busy import Limits, MemoryLimit, excess_memory, judge, parse_memory_limit
+from simple_gpu_scheduler.model.devices import Device, GpuProcess, Usage, resolve_ids, select_visible
 
 GiB = 2**30
 MiB = 2**20

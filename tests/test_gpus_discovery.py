@@ -178,7 +178,7 @@ def test_explicit_ids_without_features_touch_no_hardware(tmp_path: Path) -> None
     imported = {line.split("|")[-1].strip() for line in timed.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "pynvml" not in imported and "json" not in imported
-    assert not {"simple_gpu_scheduler.devices", "simple_gpu_scheduler.nvml"} & imported
+    assert not {"simple_gpu_scheduler.model.devices", "simple_gpu_scheduler.gpus.nvml"} & imported
 
 
 def test_unknown_explicit_id_with_busy_checks_is_a_usage_error(tmp_path: Path) -> None:

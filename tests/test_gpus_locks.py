@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 import pytest
 from gpu_fakes import FakeMachine, read_lines, run, send, start, wait_for
 
-from simple_gpu_scheduler.locks import GpuLocks, LockDirError, lock_file_name, open_lock_dir
+from simple_gpu_scheduler.gpus.locks import GpuLocks, LockDirError, lock_file_name, open_lock_dir
 
 
 def locks_in(path: Path) -> GpuLocks:

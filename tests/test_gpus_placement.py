@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.jobs import Job
-from simple_gpu_scheduler.placement import GpuPool
+from simple_gpu_scheduler.model.jobs import Job
+from simple_gpu_scheduler.placement.pool import GpuPool
 
 GiB = 2**30
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.inputs import (
+from simple_gpu_scheduler.input.lines import (
     HEAD, MAX_COMMAND_BYTES, CommandAssembler, Line, LineSplitter, RawCommand,
 )
 

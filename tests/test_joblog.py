@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.jobs import (
+from simple_gpu_scheduler.model.jobs import (
     Exited, FailedToStart, Killed, NotStarted, TimedOut, exit_and_signal,
 )
-from simple_gpu_scheduler.joblog import (
+from simple_gpu_scheduler.report.joblog import (
     HEADER, JobLogError, JobLogWriter, ResumeFilter, Row, escape, format_row, parse_joblog,
     parse_row, read_joblog, unescape,
 )

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.jobs import Job
-from simple_gpu_scheduler.placement import GpuPool
+from simple_gpu_scheduler.model.jobs import Job
+from simple_gpu_scheduler.placement.pool import GpuPool
 
 
 def job(gpus: int = 1, on: Tuple[str, ...] = None, id: int = 1) -> Job:  # type: ignore[assignment]

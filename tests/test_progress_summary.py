@@ -21,12 +21,12 @@ from typing import List, Sequence, Tuple
 import pytest
 
 from file_runs import ENV, SCRIPT, run_sgs, start_sgs, stop, wait_for
-from simple_gpu_scheduler import progress
-from simple_gpu_scheduler.joblog import read_joblog
-from simple_gpu_scheduler.progress import (
+from simple_gpu_scheduler.report import progress
+from simple_gpu_scheduler.report.joblog import read_joblog
+from simple_gpu_scheduler.report.progress import (
     ProgressLine, clock, progress_text, resume_command, summary_lines,
 )
-from simple_gpu_scheduler.state import RunningView, Snapshot
+from simple_gpu_scheduler.engine.state import RunningView, Snapshot
 
 
 STATUS = re.compile(

@@ -19,7 +19,7 @@ from typing import Iterator, List
 import pytest
 
 from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
-from simple_gpu_scheduler.joblog import HEADER, Row, format_row, read_joblog
+from simple_gpu_scheduler.report.joblog import HEADER, Row, format_row, read_joblog
 
 
 

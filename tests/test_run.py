@@ -15,7 +15,7 @@ from typing import List
 
 import pytest
 
-from simple_gpu_scheduler.inputs import MAX_COMMAND_BYTES
+from simple_gpu_scheduler.input.lines import MAX_COMMAND_BYTES
 
 from conftest import (
     Recorder, Sgs, child_env, cpu_seconds, live_pids, max_concurrency_per_gpu, poll_until,

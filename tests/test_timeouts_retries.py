@@ -17,7 +17,7 @@ from typing import List
 import pytest
 
 from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
-from simple_gpu_scheduler.units import parse_duration
+from simple_gpu_scheduler.model.units import parse_duration
 
 
 

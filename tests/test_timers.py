@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import List
 
-from simple_gpu_scheduler.timers import Timers
+from simple_gpu_scheduler.engine.timers import Timers
 
 
 class Clock:

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.jobs import (
+from simple_gpu_scheduler.model.jobs import (
     Exited, FailedToStart, Job, Killed, NotStarted, format_duration, outcome_from_returncode,
 )
-from simple_gpu_scheduler.state import RunState, status_table
-from simple_gpu_scheduler.units import format_size, parse_duration, parse_size
+from simple_gpu_scheduler.engine.state import RunState, status_table
+from simple_gpu_scheduler.model.units import format_size, parse_duration, parse_size
 
 # --- parse_duration ---------------------------------------------------------------
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import nvml, smi
-from .devices import Backend, Device, Discovery, GpuProcess, Usage
+from . import nvml
+
+from . import smi
+from ..model.devices import Backend, Device, Discovery, GpuProcess, Usage
 
 _COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
 

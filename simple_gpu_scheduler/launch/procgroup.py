@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import signal
 
-from .launcher import group_alive, send_group
+from .local import group_alive, send_group
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, Iterator, List, Optional, Tuple
 
-    from .jobs import Job
+    from ..model.jobs import Job
 
 #: Seconds between looks while some group has processes left.
 POLL = 0.05

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from . import output
+from . import console as output
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import List, Optional, Sequence
 
-    from .state import Snapshot
+    from ..engine.state import Snapshot
 
 #: Seconds between plain progress lines when stderr is not a terminal, and
 #: between lines that say nothing new (a long job still running).

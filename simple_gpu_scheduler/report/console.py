@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from . import threads
+from .. import threads
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:

@@ -44,13 +44,13 @@ def _number(
 
 
 def _duration(text: str) -> float:
-    from .units import parse_duration
+    from ..model.units import parse_duration
 
     return parse_duration(text)
 
 
 def _size(text: str) -> int:
-    from .units import parse_size
+    from ..model.units import parse_size
 
     value = parse_size(text)
     if value <= 0:
@@ -59,7 +59,7 @@ def _size(text: str) -> int:
 
 
 def _memory_limit(text: str) -> object:
-    from .busy import parse_memory_limit
+    from ..gpus.busy import parse_memory_limit
 
     return parse_memory_limit(text)
 

@@ -13,12 +13,14 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import List, NoReturn, Optional, Sequence, Tuple
 
-    from .joblog import JobLogWriter, ResumeFilter
-    from .output import Console
+    from ..report.joblog import JobLogWriter, ResumeFilter
+    from ..report.console import Console
 
-from . import __version__, argtypes
+from .. import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from ..errors import ExitCode, UsageError
+from . import argtypes
+
 
 EXAMPLES = """\
 examples:
@@ -50,10 +52,6 @@ exit status: 0 every command succeeded, 1 some failed or did not start,
 """
 
 
-class UsageError(Exception):
-    """A bad command line: one line for the user, exit status 2."""
-
-
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """argparse's formatter without its import of `shutil`, which costs more
     start-up time than a one-job run does: argparse builds a formatter for
@@ -79,24 +77,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
-    """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
-
-    Ids are kept verbatim (UUIDs and MIG ids work); an empty or repeated id is
-    an error, because it always means a typo.
-    """
-    ids: List[str] = []
-    for value in values:
-        for part in value.split(","):
-            gpu_id = part.strip()
-            if not gpu_id:
-                raise UsageError(f"--gpus: empty GPU id in {value!r}")
-            if gpu_id in ids:
-                raise UsageError(f"--gpus: GPU id {gpu_id} is given twice")
-            ids.append(gpu_id)
-    return tuple(ids)
 
 
 def build_parser() -> Parser:
@@ -145,7 +125,7 @@ def build_parser() -> Parser:
                       help="print only failures, warnings and signal notices")
     talk.add_argument("-v", "--verbose", action="store_true", help="print more detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    from .gpu_cli import add_gpu_arguments
+    from .gpu_options import add_gpu_arguments
 
     add_gpu_arguments(parser)
     return parser
@@ -194,7 +174,7 @@ def open_joblog(
     path: str, resume: bool, resume_failed: bool, console: Console
 ) -> Tuple[JobLogWriter, Optional[ResumeFilter]]:
     """Validate FILE before anything runs; returns (writer, resume filter or None)."""
-    from .joblog import JobLogError, JobLogWriter, ResumeFilter, read_joblog
+    from ..report.joblog import JobLogError, JobLogWriter, ResumeFilter, read_joblog
 
     try:
         rows, warning, keep = read_joblog(path)
@@ -215,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _main(argv)
     except UsageError as exc:
         _say(f"simple_gpu_scheduler: error: {exc} (see --help)")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
     except Exception as exc:  # a bug of ours: still one line, not a traceback
@@ -223,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         _say(f"simple_gpu_scheduler: internal error: {type(exc).__name__}: {exc} "
              "(SGS_DEBUG=1 shows the traceback; please report it)")
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -234,18 +214,18 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError(f"{flag} needs --joblog FILE to know what is done")
 
     # Imported here, after parsing, so `--help` and usage errors stay fast.
-    from .gpu_cli import plan_gpus
-    from .output import Console, LogDir, Passthrough, Tagged
+    from .gpu_options import plan_gpus
+    from ..report.console import Console, LogDir, Passthrough, Tagged
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     if args.list_gpus:
-        from .listing import list_gpus
+        from .list_gpus import list_gpus
 
         return list_gpus(args, console)
     plan = plan_gpus(args, console)
 
-    from .config import Config
-    from .scheduler import Scheduler
+    from ..engine.config import Config
+    from ..engine.loop import Scheduler
 
     if args.log_dir is not None:
         try:
@@ -263,11 +243,11 @@ def _main(argv: Optional[List[str]]) -> int:
     joblog = resume_filter = resume_hint = progress = None
     if args.joblog:
         joblog, resume_filter = open_joblog(args.joblog, args.resume, args.resume_failed, console)
-        from .progress import resume_command
+        from ..report.progress import resume_command
 
         resume_hint = resume_command(sys.argv[1:] if argv is None else argv)
     if args.progress:
-        from .progress import ProgressLine
+        from ..report.progress import ProgressLine
 
         progress = ProgressLine(tty=os.isatty(2))
     config = Config(

@@ -11,23 +11,22 @@ import os
 import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from .gpu_cli import NO_GPUS, busy_limits, discover_all, usage_error, wants_all
+from .gpu_options import NO_GPUS, parse_gpu_ids, busy_limits, discover_all, usage_error, wants_all
 
 if TYPE_CHECKING:
-    from .output import Console
+    from ..report.console import Console
 
 
 def list_gpus(args: argparse.Namespace, console: "Console") -> int:
     """Print the GPUs a run would use, with their use and busy verdict, on stdout."""
-    from .busy import Limits, judge
-    from .devices import resolve_ids
+    from ..gpus.busy import Limits, judge
+    from ..model.devices import resolve_ids
 
     limits = busy_limits(args) or Limits()
     if wants_all(args.gpus):
         backend, found, usable = discover_all(console)
     else:
-        from .cli import parse_gpu_ids
-        from .discovery import open_backend
+        from ..gpus.discovery import open_backend
 
         backend, found = open_backend()
         if backend is None:
@@ -66,7 +65,7 @@ def list_gpus(args: argparse.Namespace, console: "Console") -> int:
 
 
 def _memory(used: Optional[int], total: Optional[int]) -> str:
-    from .units import format_size
+    from ..model.units import format_size
 
     if total is None:
         return "-"

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .inputs import RawCommand
-from .jobs import Job
-from .units import parse_duration, parse_size
+from .lines import RawCommand
+from ..model.jobs import Job
+from ..model.units import parse_duration, parse_size
 
 #: Every key a line may have; only ``cmd`` is required.
 KEYS = ("cmd", "gpus", "mem", "on", "name", "priority", "env", "cwd", "timeout", "retries")

@@ -31,19 +31,21 @@ import queue
 import signal
 import time
 
-from . import leftovers, threads
+from ..launch import procgroup as leftovers
+
+from .. import threads
 from .config import Config
-from .inputs import RawCommand
-from .jobs import (
+from ..input.lines import RawCommand
+from ..model.jobs import (
     FailedToStart, Job, NotStarted, TimedOut, format_duration, gpu_label, signal_name,
 )
-from .launcher import Execution, LaunchError, LocalLauncher
-from .leftovers import Leftovers
-from .output import Console
-from .placement import GpuPool
-from .progress import summary_lines
-from .reader import InputEnded, JobRead, Reader
-from .record import Record
+from ..launch.local import Execution, LaunchError, LocalLauncher
+from ..launch.procgroup import Leftovers
+from ..report.console import Console
+from ..placement.pool import GpuPool
+from ..report.progress import summary_lines
+from ..input.reader import InputEnded, JobRead, Reader
+from ..model.record import Record
 from .state import RunState, status_table
 from .timers import Timer, Timers
 
@@ -51,8 +53,8 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, Optional, Set, Tuple
 
-    from .jobs import Outcome
-    from .jobspec import Defaults
+    from ..model.jobs import Outcome
+    from ..input.jsonl import Defaults
 
 DRAIN, TERMINATE, KILL = 1, 2, 3
 
@@ -115,7 +117,7 @@ class Scheduler:
         """A plain-text line becomes a job with the command-line defaults; a JSON
         line (``--input jsonl``) brings its own. Runs in the reader thread."""
         if self.config.input_format == "jsonl":
-            from .jobspec import Defaults, parse_job
+            from ..input.jsonl import Defaults, parse_job
 
             if self._jsonl_defaults is None:
                 self._jsonl_defaults = Defaults(

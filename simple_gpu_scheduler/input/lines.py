@@ -9,7 +9,7 @@ latin-1 file name reaches the shell unchanged.
 
 from __future__ import annotations
 
-from .record import Record
+from ..model.record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:

@@ -16,14 +16,15 @@ import argparse
 import os
 
 from . import argtypes
+from ..errors import UsageError
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-    from .availability import GpuGate
-    from .busy import Limits
-    from .devices import Device, Discovery
-    from .output import Console
+    from ..gpus.gate import GpuGate
+    from ..gpus.busy import Limits
+    from ..model.devices import Device, Discovery
+    from ..report.console import Console
 
 NO_GPUS = "no GPUs found; pass --gpus"
 BUSY_FLAGS = "--max-gpu-memory, --max-gpu-util and --only-idle"
@@ -31,7 +32,7 @@ BUSY_FLAGS = "--max-gpu-memory, --max-gpu-util and --only-idle"
 
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this module, in their own help section."""
-    from .locks import DEFAULT_LOCK_DIR, LOCK_DIR_VARIABLE
+    from ..gpus.locks import DEFAULT_LOCK_DIR, LOCK_DIR_VARIABLE
 
     group = parser.add_argument_group(
         "GPUs in use by others, per-job requirements and locks",
@@ -75,6 +76,24 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
                        help="take no GPU locks: other schedulers are not kept off our GPUs")
 
 
+def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
+    """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
+
+    Ids are kept verbatim (UUIDs and MIG ids work); an empty or repeated id is
+    an error, because it always means a typo.
+    """
+    ids: List[str] = []
+    for value in values:
+        for part in value.split(","):
+            gpu_id = part.strip()
+            if not gpu_id:
+                raise UsageError(f"--gpus: empty GPU id in {value!r}")
+            if gpu_id in ids:
+                raise UsageError(f"--gpus: GPU id {gpu_id} is given twice")
+            ids.append(gpu_id)
+    return tuple(ids)
+
+
 class GpuPlan:
     """What a run schedules on, and what is known about it."""
 
@@ -94,9 +113,6 @@ class GpuPlan:
 
 
 def usage_error(message: str) -> Exception:
-    """A `cli.UsageError` (imported late: cli imports this module)."""
-    from .cli import UsageError
-
     return UsageError(message)
 
 
@@ -104,7 +120,7 @@ def busy_limits(args: argparse.Namespace) -> Optional["Limits"]:
     """The busy limits, or None when none is given (and the module is not loaded)."""
     if args.max_gpu_memory is None and args.max_gpu_util is None and not args.only_idle:
         return None
-    from .busy import Limits
+    from ..gpus.busy import Limits
 
     return Limits(memory=args.max_gpu_memory, util=args.max_gpu_util, only_idle=args.only_idle)
 
@@ -122,8 +138,8 @@ def wants_all(values: Optional[Sequence[str]]) -> bool:
 
 def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"]]:
     """Backend, discovery and the devices ``all`` means here (usage error if none)."""
-    from .devices import select_visible
-    from .discovery import open_backend
+    from ..model.devices import select_visible
+    from ..gpus.discovery import open_backend
 
     backend, found = open_backend()
     if backend is None:
@@ -142,8 +158,6 @@ def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"
 
 def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
     """Resolve ``--gpus`` and the options above into a `GpuPlan`, or a usage error."""
-    from .cli import parse_gpu_ids
-
     limits = busy_limits(args)
     devices: Dict[str, "Device"] = {}
     backend = None
@@ -193,8 +207,8 @@ def _resolve(
 ) -> Tuple[object, Dict[str, "Device"]]:
     """The hardware behind explicit ``--gpus`` ids. A usage error when busy
     checks need it; otherwise what cannot be found is simply unknown."""
-    from .devices import resolve_ids
-    from .discovery import open_backend
+    from ..model.devices import resolve_ids
+    from ..gpus.discovery import open_backend
 
     backend, found = open_backend()
     if backend is None:
@@ -218,7 +232,7 @@ def _gate(
 ) -> Optional["GpuGate"]:
     locks = None
     if not args.no_lock:
-        from .locks import GpuLocks, LockDirError, default_lock_dir, open_lock_dir
+        from ..gpus.locks import GpuLocks, LockDirError, default_lock_dir, open_lock_dir
 
         path = str(args.lock_dir) if args.lock_dir is not None else default_lock_dir()
         try:
@@ -227,7 +241,7 @@ def _gate(
             raise usage_error(f"--lock-dir: {exc} (or pass --no-lock)") from None
     if locks is None and backend is None:
         return None
-    from .availability import GpuGate
+    from ..gpus.gate import GpuGate
 
     lock_keys = {
         gpu_id: devices[gpu_id].lock_key if gpu_id in devices

@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from .jobs import Job, NotStarted, format_duration, gpu_label
-from .record import Record
+from ..model.jobs import Job, NotStarted, format_duration, gpu_label
+from ..model.record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Deque, Dict, List, Optional, Tuple
 
-    from .jobs import Outcome
+    from ..model.jobs import Outcome
 
 
 class RunningView(Record):

@@ -26,7 +26,7 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .jobs import Job
+from ..model.jobs import Job
 
 
 class GpuSlots:
@@ -141,7 +141,7 @@ class GpuPool:
             fitting = [s for s in sizes if s is None or s >= job.mem]
             if len(fitting) < job.gpus:
                 largest = max(s for s in sizes if s is not None)
-                from .units import format_size  # only for this message
+                from ..model.units import format_size  # only for this message
 
                 return (f"it needs {format_size(job.mem)} of GPU memory and the largest "
                         f"GPU it may use has {format_size(largest)}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Tuple
 
-from .devices import GpuProcess, Usage
-from .units import format_size, parse_size
+from ..model.devices import GpuProcess, Usage
+from ..model.units import format_size, parse_size
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from .output import OutputMode, Passthrough
+from ..report.console import OutputMode, Passthrough
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
-    from .availability import GpuGate
-    from .joblog import JobLogWriter, ResumeFilter
-    from .progress import ProgressLine
+    from ..gpus.gate import GpuGate
+    from ..report.joblog import JobLogWriter, ResumeFilter
+    from ..report.progress import ProgressLine
 
 
 class Config:

@@ -29,11 +29,11 @@ if TYPE_CHECKING:
     # A run that watches no hardware (``--gpus 0``, locks only) never loads
     # the device and busy modules: they are here for the hints alone.
     from .busy import Limits
-    from .devices import Backend, Device, GpuProcess, Usage
-    from .jobs import Job
+    from ..model.devices import Backend, Device, GpuProcess, Usage
+    from ..model.jobs import Job
     from .locks import GpuLocks
-    from .output import Console
-    from .placement import GpuPool
+    from ..report.console import Console
+    from ..placement.pool import GpuPool
 
     #: Our process groups: job leader pid -> (job, its GPUs); None for what
     #: an ended job left behind (still ours, being terminated).
@@ -175,7 +175,7 @@ class GpuGate:
     # --- the hardware -----------------------------------------------------------
 
     def _sample(self, pool: GpuPool, leaders: Leaders) -> None:
-        from .devices import Usage
+        from ..model.devices import Usage
 
         assert self.backend is not None
         watched = [(gpu_id, self.devices[gpu_id]) for gpu_id in pool.ids

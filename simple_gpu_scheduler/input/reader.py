@@ -19,10 +19,10 @@ import select
 import threading
 from collections import deque
 
-from . import threads
-from .inputs import MAX_COMMAND_BYTES, CommandAssembler, LineSplitter, RawCommand
-from .jobs import Job
-from .record import Record
+from .. import threads
+from .lines import MAX_COMMAND_BYTES, CommandAssembler, LineSplitter, RawCommand
+from ..model.jobs import Job
+from ..model.record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ import stat
 from collections import Counter
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from .jobs import exit_and_signal
+from ..model.jobs import exit_and_signal
 
 if TYPE_CHECKING:
-    from .jobs import Job, Outcome
+    from ..model.jobs import Job, Outcome
 
 HEADER = b"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 

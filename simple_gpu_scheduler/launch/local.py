@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     import subprocess
     from typing import Callable, List, Mapping, Optional, Tuple
 
-from .jobs import Job, Killed, Exited, outcome_from_returncode
-from . import threads
-from .output import JobStreams, OutputMode, Passthrough, TagPump
+from ..model.jobs import Job, Killed, Exited, outcome_from_returncode
+from .. import threads
+from ..report.console import JobStreams, OutputMode, Passthrough, TagPump
 
 
 class LaunchError(Exception):

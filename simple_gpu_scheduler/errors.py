@@ -1,0 +1,29 @@
+"""What can go wrong before a run, and the exit statuses, named once.
+
+Every layer may raise `UsageError`; only the command line (`cli`) turns it
+into a one-line message and exit status `ExitCode.USAGE`.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A bad command line or input file: one line for the user, exit status 2."""
+
+
+class ExitCode:
+    """The command's exit statuses (see the README's "Exit status")."""
+
+    OK = 0
+    #: some command failed, could not start, or was not started
+    FAILED = 1
+    #: bad usage: nothing ran
+    USAGE = 2
+    #: a stop signal N gives 128 + N (130 for Ctrl-C, 143 for SIGTERM)
+    SIGNAL_BASE = 128
+    #: a closed pipe (simple_hypersearch | head)
+    BROKEN_PIPE = 141
+
+    @staticmethod
+    def for_signal(signum: int) -> int:
+        return ExitCode.SIGNAL_BASE + signum
