@@ -26,7 +26,7 @@ from simple_gpu_scheduler.report.joblog import read_joblog
 from simple_gpu_scheduler.report.progress import (
     ProgressLine, clock, progress_text, resume_command, summary_lines,
 )
-from simple_gpu_scheduler.engine.state import RunningView, Snapshot
+from simple_gpu_scheduler.model.snapshot import RunningView, Snapshot
 
 
 STATUS = re.compile(

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from simple_gpu_scheduler.model.jobs import (
     Exited, FailedToStart, Job, Killed, NotStarted, format_duration, outcome_from_returncode,
 )
-from simple_gpu_scheduler.engine.state import RunState, status_table
+from simple_gpu_scheduler.engine.state import RunState
+from simple_gpu_scheduler.report.status import status_table
 from simple_gpu_scheduler.model.units import format_size, parse_duration, parse_size
 
 # --- parse_duration ---------------------------------------------------------------

@@ -215,7 +215,8 @@ def _main(argv: Optional[List[str]]) -> int:
 
     # Imported here, after parsing, so `--help` and usage errors stay fast.
     from .gpu_options import plan_gpus
-    from ..report.console import Console, LogDir, Passthrough, Tagged
+    from ..launch.streams import LogDir, Passthrough, Tagged
+    from ..report.console import Console
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     if args.list_gpus:

@@ -46,7 +46,8 @@ from ..placement.pool import GpuPool
 from ..report.progress import summary_lines
 from ..input.reader import InputEnded, JobRead, Reader
 from ..model.record import Record
-from .state import RunState, status_table
+from ..report.status import status_table
+from .state import RunState
 from .timers import Timer, Timers
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 from ..model.jobs import Job, Killed, Exited, outcome_from_returncode
 from .. import threads
-from ..report.console import JobStreams, OutputMode, Passthrough, TagPump
+from .streams import JobStreams, OutputMode, Passthrough, TagPump
 
 
 class LaunchError(Exception):

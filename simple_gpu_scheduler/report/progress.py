@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import List, Optional, Sequence
 
-    from ..engine.state import Snapshot
+    from ..model.snapshot import Snapshot
 
 #: Seconds between plain progress lines when stderr is not a terminal, and
 #: between lines that say nothing new (a long job still running).

@@ -1,0 +1,42 @@
+"""Where a run stands at one moment: what every report is made from."""
+
+from __future__ import annotations
+
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Tuple
+
+
+class RunningView(Record):
+    __slots__ = ("job_id", "gpus", "runtime", "command")
+
+    def __init__(self, job_id: int, gpus: Tuple[str, ...], runtime: float, command: str) -> None:
+        self.job_id = job_id
+        self.gpus = gpus
+        self.runtime = runtime
+        self.command = command
+
+
+class Snapshot(Record):
+    """Where the run stands at one moment."""
+
+    __slots__ = (
+        "running", "queued", "succeeded", "failed", "not_started", "skipped", "input_open",
+        "elapsed",
+    )
+
+    def __init__(
+        self, running: Tuple[RunningView, ...], queued: int, succeeded: int, failed: int,
+        not_started: int, skipped: int, input_open: bool, elapsed: float,
+    ) -> None:
+        self.running = running
+        self.queued = queued
+        self.succeeded = succeeded
+        self.failed = failed
+        self.not_started = not_started
+        #: commands skipped because the job log says they are done (``--resume``)
+        self.skipped = skipped
+        self.input_open = input_open
+        self.elapsed = elapsed
