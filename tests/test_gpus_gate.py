@@ -49,7 +49,7 @@ def make(tmp_path: Path, limits: Limits, locks: bool = False):  # type: ignore[n
     gate = GpuGate(
         devices={i: device(i) for i in ("0", "1")}, backend=backend, limits=limits,
         locks=GpuLocks(open_lock_dir(str(tmp_path / "locks"))) if locks else None,
-        lock_keys={}, poll=10.0, console=Console(fd=messages.fileno()), clock=clock,
+        lock_keys={}, poll=10.0, say=lambda text, level=0: Console(fd=messages.fileno()).line(text), clock=clock,
     )
     pool = GpuPool(["0", "1"], jobs_per_gpu=None, memory={"0": 80 * GiB, "1": 80 * GiB})
     return gate, pool, backend, clock, messages
@@ -113,7 +113,7 @@ def test_memory_held_outside_our_bookings_is_observed(tmp_path: Path) -> None:
         # Our job uses 25 GiB (15 over what it booked); someone else uses 20 GiB.
         backend.usage["0"] = Usage(80 * GiB, 45 * GiB, 0, (
             GpuProcess(leader.pid, 25 * GiB), GpuProcess(os.getpid(), 20 * GiB)))
-        gate.refresh(pool, {leader.pid: (job, ("0",))})
+        gate.refresh(pool, {leader.pid: job})
         assert pool.gpu("0").external == 20 * GiB + 15 * GiB
         assert pool.gpu("0").unavailable is None  # 20 GiB of others is under 90%
         # 80 - 10 booked - 35 outside = 35 GiB left for a new job on GPU 0.

@@ -154,7 +154,8 @@ def make_state() -> RunState:
     state.job_started(Job(4, b"x" * 300), ("1", "2"), when=149.0)
     state.record(Job(1, b"true"), Exited(0))
     state.record(Job(2, b"false"), Exited(1))
-    state.pending.extend([Job(5, b"a"), Job(6, b"b")])
+    for job in (Job(5, b"a"), Job(6, b"b")):
+        state.add(job)
     return state
 
 

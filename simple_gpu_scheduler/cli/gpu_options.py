@@ -250,5 +250,5 @@ def _gate(
     }
     return GpuGate(
         devices=devices, backend=backend, limits=limits, locks=locks,  # type: ignore[arg-type]
-        lock_keys=lock_keys, poll=args.poll, console=console,
+        lock_keys=lock_keys, poll=args.poll, say=console.say,
     )

@@ -1,7 +1,8 @@
 """The ``simple_gpu_scheduler`` command line.
 
-Parsing and validation only: a usage error is one line on stderr and exit
-status 2; everything else is handed to the `Scheduler` as a `Config`.
+Parsing and validation, then the composition root: a usage error is one line
+on stderr and exit status 2; otherwise the engine's collaborators are built
+here (`_run`) and the engine runs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import List, NoReturn, Optional, Sequence, Tuple
 
-    from ..report.joblog import JobLogWriter, ResumeFilter
+    from ..launch.streams import OutputMode
     from ..report.console import Console
+    from ..report.joblog import JobLogWriter, ResumeFilter
+    from ..report.progress import ProgressLine
+    from .gpu_options import GpuPlan
 
 from .. import __version__
 
@@ -225,9 +229,6 @@ def _main(argv: Optional[List[str]]) -> int:
         return list_gpus(args, console)
     plan = plan_gpus(args, console)
 
-    from ..engine.config import Config
-    from ..engine.loop import Scheduler
-
     if args.log_dir is not None:
         try:
             os.makedirs(args.log_dir, exist_ok=True)
@@ -251,30 +252,49 @@ def _main(argv: Optional[List[str]]) -> int:
         from ..report.progress import ProgressLine
 
         progress = ProgressLine(tty=os.isatty(2))
-    config = Config(
-        gpus=plan.ids,
-        jobs_per_gpu=plan.jobs_per_gpu,
-        gpus_per_job=args.gpus_per_job,
-        shell=args.shell,
-        kill_grace=args.kill_grace,
-        output=output,
-        timeout=args.timeout,
-        retries=args.retries,
-        halt=args.halt_on_failure,
-        joblog=joblog,
-        resume=resume_filter,
-        progress=progress,
-        resume_hint=resume_hint,
-        gpu_memory=plan.memory,
-        mig=plan.mig,
-        aliases=plan.aliases,
-        gate=plan.gate,
-        input_format=args.input,
-        backfill=args.backfill,
-    )
     if sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")
-    return Scheduler(config, console).run()
+    return _run(args, plan, console, output, joblog, resume_filter, resume_hint, progress)
+
+
+def _run(
+    args: argparse.Namespace, plan: GpuPlan, console: Console, output: OutputMode,
+    joblog: Optional[JobLogWriter], resume_filter: Optional[ResumeFilter],
+    resume_hint: Optional[str], progress: Optional[ProgressLine],
+) -> int:
+    """Build the engine's collaborators and run it: the composition root."""
+    from ..engine.config import Settings
+    from ..engine.loop import Loop
+    from ..input.reader import InputSource, job_factory
+    from ..launch.local import LocalLauncher
+    from ..placement.pool import GpuPool
+    from ..report.messages import ConsoleReport
+
+    jsonl = args.input == "jsonl"
+    source = InputSource(
+        0, job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
+                       retries=args.retries, aliases=plan.aliases),
+        continuation=not jsonl)
+    launcher = LocalLauncher(shell=args.shell, output=output)
+    pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
+    report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint)
+    settings = Settings(
+        kill_grace=args.kill_grace, halt=args.halt_on_failure, backfill=args.backfill,
+        skip=resume_filter.skip if resume_filter is not None else None,
+        memory_known=bool(plan.memory),
+        progress_every=progress.interval if progress is not None else None)
+    loop = Loop(settings, launcher, source, pool, report, gate=plan.gate,
+                owners=launcher.leaders)
+    if plan.gate is not None:
+        from ..model.events import Notice
+
+        plan.gate.say = lambda text, level=0: loop.emit(Notice(text, level))
+        if plan.gate.watches_hardware:
+            from ..gpus.sampler import Sampler
+
+            assert plan.gate.backend is not None
+            loop.sampler = Sampler(plan.gate.backend, loop.call_soon_threadsafe)
+    return loop.run()
 
 
 def _say(text: str) -> None:

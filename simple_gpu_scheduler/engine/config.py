@@ -1,61 +1,36 @@
-"""`Config`: everything the scheduling loop is told, in one object.
+"""`Settings`: what the engine's loop is told about the run's policy.
 
-The command line (`cli`, `gpu_cli`) builds it; the `Scheduler` only reads it.
+The command line builds it; everything with behaviour of its own (the
+launcher, the input, the GPU pool and gate, the listener that reports) is
+handed to the loop as a collaborator instead.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
-from ..launch.streams import OutputMode, Passthrough
+from ..model.record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, FrozenSet, Mapping, Optional, Tuple
-
-    from ..gpus.gate import GpuGate
-    from ..report.joblog import JobLogWriter, ResumeFilter
-    from ..report.progress import ProgressLine
+    from typing import Callable, Optional
 
 
-class Config:
-    """What the scheduler is told: the class attributes are the defaults, and
-    ``Config(gpus=..., timeout=...)`` overrides them by name."""
+class Settings(Record):
+    __slots__ = ("kill_grace", "halt", "backfill", "skip", "memory_known", "progress_every")
 
-    gpus: Tuple[str, ...] = ()
-    #: None: jobs that declare `mem` share a GPU by memory, others have it alone.
-    jobs_per_gpu: Optional[int] = 1
-    gpus_per_job: int = 1
-    shell: Optional[str] = None
-    kill_grace: float = 10.0
-    output: OutputMode = Passthrough()  # stateless, so one can be shared
-    #: Seconds an attempt may run, and extra attempts for a failed job.
-    timeout: Optional[float] = None
-    retries: int = 0
-    #: None, "soon" (drain) or "now" (terminate) after the first final failure.
-    halt: Optional[str] = None
-    joblog: Optional[JobLogWriter] = None
-    resume: Optional[ResumeFilter] = None
-    progress: Optional[ProgressLine] = None
-    #: The command line that resumes this run, for the summary.
-    resume_hint: Optional[str] = None
-
-    # --- what is known about the GPUs, and the options about them -----------
-    #: GPU id -> bytes jobs' `mem` may add up to (``--gpu-memory`` or reported size)
-    gpu_memory: Mapping[str, int] = MappingProxyType({})
-    #: GPU ids that are MIG instances
-    mig: FrozenSet[str] = frozenset()
-    #: other names of GPU ids for JSONL ``on`` (UUIDs)
-    aliases: Mapping[str, str] = MappingProxyType({})
-    #: busy checks, locks, lost GPUs; None when none of these apply
-    gate: Optional["GpuGate"] = None
-    #: "text" (one command per line) or "jsonl" (one JSON object per line)
-    input_format: str = "text"
-    #: later jobs that fit now may start before a waiting earlier one
-    backfill: bool = False
-
-    def __init__(self, **options: Any) -> None:
-        for name, value in options.items():
-            if not hasattr(Config, name) or name.startswith("_"):
-                raise TypeError(f"Config has no option {name!r}")
-            setattr(self, name, value)
+    def __init__(
+        self, kill_grace: float = 10.0, halt: Optional[str] = None, backfill: bool = False,
+        skip: Optional[Callable[[bytes], bool]] = None, memory_known: bool = True,
+        progress_every: Optional[float] = None,
+    ) -> None:
+        #: seconds between SIGTERM and SIGKILL on the stop ladder
+        self.kill_grace = kill_grace
+        #: None, "soon" (drain) or "now" (terminate) after the first final failure
+        self.halt = halt
+        #: later jobs that fit now may start before a waiting earlier one
+        self.backfill = backfill
+        #: True for a command the job log says is done (``--resume``)
+        self.skip = skip
+        #: whether the GPUs' memory sizes are known (else a job's `mem` cannot pack)
+        self.memory_known = memory_known
+        #: seconds between progress events while jobs run (``--progress``), or None
+        self.progress_every = progress_every

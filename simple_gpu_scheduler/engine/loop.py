@@ -1,276 +1,338 @@
-"""The scheduling loop: one thread owns all state and decides everything.
+"""The engine: one thread that owns the run's state and decides everything.
 
 ::
 
-    stdin ──▶ reader thread ── JobRead / InputEnded ──┐
-                 ▲  (at most read_ahead jobs unstarted)│
-                 └──────── job_taken() ◀──────────┐    ▼
-    signal handlers ── SignalReceived ───────▶ events (SimpleQueue) ──▶ loop
-    launcher wait threads ── JobExited ──────▶                          │
-                                                                        ▼
-          RunState (pending, running, counts) ◀── GpuPool.place ──▶ launcher.start
-                                                                        │
-                                 Console lines (stderr) ◀── outcome ────┘
+    stdin fd ──────────────┐                   ┌──▶ placement: policy + GpuPool (+ GpuGate)
+    job pidfds ────────────┤                   │
+    wake pipe ◀─ signals ──┼──▶ poll() ──▶ Loop ┼──▶ launcher.start / terminate / kill
+             ◀─ sampler ───┤      ▲            │
+             ◀─ output end ┘   timers           └──▶ RunState (one record per job)
+                                                        │
+                                   listener ◀── events ─┘ (report: console, job log, progress)
 
-Every other thread only posts events; the loop blocks on the queue with a
-timeout that is the next timer's deadline (kill escalation, the next look at
-busy or locked GPUs), so an idle scheduler sleeps in one blocking call and
-uses no CPU. `queue.SimpleQueue.put` is reentrant, which is what makes it safe
-to call from a signal handler.
+Everything the loop waits for is one file descriptor in one ``poll``: the
+input (only while the read-ahead has room), each running job's pidfd, and a
+wake-up pipe that signal handlers (`signal.set_wakeup_fd`) and helper threads
+(the hardware sampler, output copies) write to. The poll's timeout is the
+next timer's deadline (timeouts, the stop ladder, a look at busy GPUs), so an
+idle scheduler sleeps in one system call and uses no CPU.
 
-Before placement, the `GpuGate` (when there is one) says which GPUs the
-outside world keeps from us: busy with other users' work, locked by another
-scheduler, lost. It looks at the hardware only while a job waits, at most
-every ``--poll`` seconds; a poll timer is set only when a waiting job could
-start if the outside world changed.
+Collaborators come in as arguments (launcher, input source, GPU pool and
+gate, listener, clock), so unit tests replay histories without processes.
+The loop formats no message: it sends events (`model.events`) to its
+listener.
 """
 
 from __future__ import annotations
 
-import queue
+import os
+import select
 import signal
 import time
+from collections import deque
 
-from ..launch import procgroup as leftovers
-
-from .. import threads
-from .config import Config
-from ..input.lines import RawCommand
-from ..model.jobs import (
-    FailedToStart, Job, NotStarted, TimedOut, format_duration, gpu_label, signal_name,
-)
-from ..launch.local import Execution, LaunchError, LocalLauncher
-from ..launch.procgroup import Leftovers
-from ..report.console import Console
-from ..placement.pool import GpuPool
-from ..report.progress import summary_lines
-from ..input.reader import InputEnded, JobRead, Reader
-from ..model.record import Record
-from ..report.status import status_table
-from .state import RunState
-from .timers import Timer, Timers
+from ..errors import ExitCode
+from ..launch.base import LaunchError
+from ..model import events as ev
+from ..model.jobs import FailedToStart, Killed, NotStarted, TimedOut, signal_name
+from ..placement.policy import dispatch_order, next_start
+from .state import LINGERING, QUEUED, RUNNING, RunState
+from .stopping import DRAIN, KILL, TERMINATE, StopLadder
+from .timers import Timers
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Dict, Optional, Set, Tuple
+    from typing import Callable, Deque, Dict, Mapping, Optional, Set, Tuple
 
-    from ..model.jobs import Outcome
-    from ..input.jsonl import Defaults
+    from ..gpus.gate import GpuGate
+    from ..gpus.sampler import Sampler
+    from ..input.reader import InputSource
+    from ..launch.base import Execution, Launcher
+    from ..model.devices import Usage
+    from ..model.jobs import Job, Outcome
+    from ..placement.pool import GpuPool
+    from .config import Settings
+    from .state import JobRecord
+    from .timers import Timer
 
-DRAIN, TERMINATE, KILL = 1, 2, 3
-
-class SignalReceived(Record):
-    __slots__ = ("signum",)
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
+#: The signals the loop handles: the first three stop the run, SIGUSR1 asks
+#: for the status table. Helper threads block them (`threads`).
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+#: The longest poll, in seconds: a --timeout of 1000 years is a valid "never".
+LONGEST_WAIT = 86400.0
 
 
-class JobExited(Record):
-    __slots__ = ("execution",)
-
-    def __init__(self, execution: Execution) -> None:
-        self.execution = execution
-
-
-class Scheduler:
-    def __init__(self, config: Config, console: Console, stdin_fd: int = 0) -> None:
-        self.config = config
-        self.console = console
-        self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()
-        self.pool = GpuPool(
-            config.gpus, config.jobs_per_gpu, memory=config.gpu_memory, mig=config.mig)
-        self.gate = config.gate
-        self._poll_armed = False
-        self._said_unknown_memory = False
-        self._losses_seen = 0
-        #: GPUs freed this turn whose locks may go back (see `_free_gpus`)
-        self._unlock_later: Set[str] = set()
-        self.state = RunState()
-        self.launcher = LocalLauncher(
-            on_exit=lambda execution: self.events.put(JobExited(execution)),
-            shell=config.shell, output=config.output,
-        )
-        self.reader = Reader(
-            stdin_fd, self.make_job, self.events.put,
-            read_ahead=max(8, 2 * self.pool.total_slots),
-            continuation=config.input_format != "jsonl",
-        )
-        self.timers = Timers()
-        self.executions: Dict[int, Execution] = {}
-        #: job id -> its timeout timer, cancelled when the attempt ends in time
-        self.deadlines: Dict[int, Timer] = {}
-        #: job ids of attempts ended by their timeout
-        self.timed_out: Dict[int, float] = {}
-        #: ended jobs' process groups that still have processes: they keep
-        #: their GPUs until those are gone
-        self.leftovers = Leftovers()
-        self._leftover_poll_armed = False
+class Loop:
+    def __init__(
+        self, settings: Settings, launcher: Launcher, source: InputSource, pool: GpuPool,
+        listener: Callable[[ev.Event], None], gate: Optional[GpuGate] = None,
+        sampler: Optional[Sampler] = None,
+        owners: Callable[[], Mapping[int, Job]] = dict,
+        clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.launcher = launcher
+        self.source = source
+        self.pool = pool
+        self.emit = listener
+        self.gate = gate
+        self.sampler = sampler
+        #: our process groups, for telling our GPU processes from others'
+        self.owners = owners
+        self.clock = clock
+        self.wall = wall
+        self.timers = Timers(clock)
+        self.state = RunState(clock)
+        self.ladder = StopLadder(self.call_at, clock, settings.kill_grace, self._give_up)
+        self.read_ahead = max(8, 2 * pool.total_slots)
+        self.queued = 0  # records with status QUEUED
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
         self.input_error = False
-        self.ticker: Optional[Timer] = None
-        self._jsonl_defaults: Optional[Defaults] = None  # built on the first JSON line
+        self._poll = select.poll()
+        self._readers: Dict[int, Callable[[], None]] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: callables posted by other threads; `deque.append` is thread-safe
+        self._soon: Deque[Callable[[], None]] = deque()
+        #: stop and status signals recorded by the handler, acted on by the loop
+        self._signals: Deque[int] = deque()
+        self._watching_input = False
+        self._poll_armed = False
+        self._said_unknown_memory = False
+        self._losses_seen = 0
+        #: GPUs freed this turn whose locks may go back (see `_free`)
+        self._unlock_later: Set[str] = set()
+        self._ticker: Optional[Timer] = None
 
-    # --- building jobs --------------------------------------------------------
+    # --- the Reactor that collaborators see -------------------------------------
 
-    def make_job(self, seq: int, raw: RawCommand) -> Job:
-        """A plain-text line becomes a job with the command-line defaults; a JSON
-        line (``--input jsonl``) brings its own. Runs in the reader thread."""
-        if self.config.input_format == "jsonl":
-            from ..input.jsonl import Defaults, parse_job
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._readers[fd] = callback
+        self._poll.register(fd, select.POLLIN)
 
-            if self._jsonl_defaults is None:
-                self._jsonl_defaults = Defaults(
-                    gpus=self.config.gpus_per_job, aliases=self.config.aliases,
-                    timeout=self.config.timeout, retries=self.config.retries,
-                )
-            return parse_job(seq, raw, self._jsonl_defaults)
-        return Job(
-            id=seq, command=raw.text, gpus=self.config.gpus_per_job, invalid=raw.invalid,
-            timeout=self.config.timeout, retries=self.config.retries,
-        )
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._poll.unregister(fd)
 
-    # --- the loop -------------------------------------------------------------
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        return self.timers.at(deadline, callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        self._soon.append(callback)
+        self._wake()
+
+    def time(self) -> float:
+        return self.clock()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    # --- the run ------------------------------------------------------------------
 
     def run(self) -> int:
-        # The stop signals (the first drains, later ones terminate) and SIGUSR1;
-        # helper threads block exactly these, so they reach this thread.
-        previous = {s: signal.signal(s, self._record_signal) for s in threads.MAIN_THREAD_ONLY}
+        """Run until the input has ended and every job is done, or a stop; then
+        say the last word (`RunEnded`) and return the exit status."""
+        previous = self._install_handlers()
         try:
-            self.reader.start()
-            while not self._done():
-                try:
-                    event = self.events.get(timeout=self.timers.timeout())
-                except queue.Empty:
-                    event = None
-                if event is not None:
-                    self._handle(event)
-                self.timers.fire()
-                self._dispatch()
-                if self._unlock_later:
-                    assert self.gate is not None
-                    self.gate.unlock_unused(self.pool, self._unlock_later)
-                    self._unlock_later.clear()
-                if self.config.progress is not None:
-                    self._show_progress()
-        except BaseException:
-            # A bug of ours, or KeyboardInterrupt from a handler we did not
-            # install: the running jobs are not ours to kill, but say where they are.
-            for execution in self.executions.values():
-                self.console.line(
-                    f"job {execution.job.id} is left running as process group {execution.pid}")
-            raise
+            self._poll.register(self._wake_r, select.POLLIN)
+            self.launcher.attach(self, self)
+            try:
+                self._turn_done()
+                while not self._done():
+                    self._wait()
+                    self._turn_done()
+            except BaseException:
+                # A bug of ours (or an interrupt we did not ask for): no job of
+                # ours may outlive us holding a GPU.
+                for record in list(self.state.records.values()):
+                    if record.execution is not None:
+                        self.emit(ev.Notice(
+                            f"job {record.job.id} is killed: the scheduler is failing", 1))
+                raise
+            finally:
+                self.launcher.close()  # after a clean run, nothing is left to kill
+                if self.sampler is not None:
+                    self.sampler.close()
+                if self.gate is not None:
+                    self.gate.close()
+            self.launcher.finish()
+            self.emit(ev.RunEnded(self.state.snapshot(), tuple(self.state.failed_ids),
+                                  stopped=self.stop_level > 0))
         finally:
-            # Whatever ended jobs left behind does not outlive the scheduler.
-            self.leftovers.kill_all(time.monotonic())  # only on an error: `_done` waits
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if self.gate is not None:
-                self.gate.close()
-            if self.config.progress is not None:
-                self.config.progress.close()
-        self.launcher.finish_output()
-        self._summary()
+            # Only now: a stop signal while output was still being finished
+            # must not meet the default handlers and kill us without a summary.
+            self._restore_handlers(previous)
         return self.exit_status()
+
+    def exit_status(self) -> int:
+        if self.stop_signal is not None:
+            return ExitCode.for_signal(self.stop_signal)
+        if self.state.failed_ids or self.state.not_started_ids or self.input_error:
+            return ExitCode.FAILED
+        return ExitCode.OK
+
+    def _install_handlers(self) -> Tuple[Dict[int, object], int]:
+        handlers: Dict[int, object] = {}
+        for signum in HANDLED:
+            # A signal ignored when we started (nohup, a background job of a
+            # non-interactive shell) stays ignored: the Unix convention.
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                handlers[signum] = signal.signal(signum, self._record_signal)
+        wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        return handlers, wakeup
+
+    def _restore_handlers(self, previous: Tuple[Dict[int, object], int]) -> None:
+        handlers, wakeup = previous
+        signal.set_wakeup_fd(wakeup)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _record_signal(self, signum: int, frame: object) -> None:
         # A handler only records; the loop acts (handlers run between bytecodes
         # of the main thread, in the middle of anything).
-        self.events.put(SignalReceived(signum))
+        self._signals.append(signum)
 
     def _done(self) -> bool:
-        if self.executions or self.leftovers:
+        if self.state.busy:
             return False
-        return self.stop_level > 0 or (not self.state.input_open and not self.state.pending)
+        return self.stop_level > 0 or (not self.state.input_open and self.queued == 0)
 
-    def exit_status(self) -> int:
-        if self.stop_signal is not None:
-            return 128 + self.stop_signal
-        if self.state.failed or self.state.not_started_ids or self.input_error:
-            return 1
-        return 0
+    def _wait(self) -> None:
+        """Block until a file descriptor is ready or the next timer is due."""
+        timeout = self.timers.timeout()
+        if timeout is None:
+            ms = -1
+        else:
+            ms = int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)  # never spin before a deadline
+        for fd, _ in self._poll.poll(ms):
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            callback = self._readers.get(fd)
+            if callback is not None:
+                callback()
 
-    def _handle(self, event: object) -> None:
-        if isinstance(event, JobExited):
-            self._job_exited(event.execution)
-        elif isinstance(event, JobRead):
-            self._job_read(event.job)
-        elif isinstance(event, InputEnded):
+    def _turn_done(self) -> None:
+        """After every wake-up: what threads posted, signals, timers, then
+        input and starts."""
+        while self._soon:
+            self._soon.popleft()()
+        while self._signals:
+            self._signal(self._signals.popleft())
+        self.timers.fire()
+        self._take_input()
+        self._dispatch()
+        if self._unlock_later:
+            assert self.gate is not None
+            self.gate.unlock_unused(self.pool, self._unlock_later)
+            self._unlock_later.clear()
+        if self.settings.progress_every is not None:
+            self._progress()
+
+    # --- input --------------------------------------------------------------------
+
+    def _take_input(self) -> None:
+        source = self.source
+        while not self.stop_level and self.queued < self.read_ahead:
+            job = source.take()
+            if job is None:
+                break
+            self._job_read(job)
+        want = (not self.stop_level and self.queued < self.read_ahead
+                and source.wants_read())
+        if want != self._watching_input:
+            self._watching_input = want
+            if want:
+                self.add_reader(source.fd, self._input_ready)
+            else:
+                self.remove_reader(source.fd)
+        if source.at_end and not source.buffered and self.state.input_open:
             self.state.input_open = False
-            if event.error:
+            if source.error:
                 self.input_error = True
-                self.console.line(event.error)
-        elif isinstance(event, SignalReceived):
-            self._signal(event.signum)
+                self.emit(ev.InputFailed(source.error))
+
+    def _input_ready(self) -> None:
+        self.source.read()
+        self._take_input()
 
     def _job_read(self, job: Job) -> None:
-        if self.stop_level:
-            # Read just before the stop: reported, never silently lost.
-            # No permit goes back, so the reader consumes nothing more.
-            self._not_started(job)
-        elif self.config.resume is not None and self.config.resume.skip(job.command):
-            self.reader.job_taken()
+        skip = self.settings.skip
+        if skip is not None and skip(job.command):
             self.state.skipped += 1
-            self.console.debug(f"job {job.id} skipped: already in the job log: {job.text(200)}")
-        elif not self._reject_if_unrunnable(job):
-            self.state.pending.append(job)
+            self.emit(ev.JobSkipped(job))
+            return
+        record = self.state.add(job)
+        self.queued += 1
+        self._reject_if_unrunnable(record)
 
-    def _reject_if_unrunnable(self, job: Job) -> bool:
+    def _reject_if_unrunnable(self, record: JobRecord) -> bool:
         """Fail a job that can never run here (an invalid line, or requirements
         no GPU meets) at once, instead of leaving it waiting forever."""
+        job = record.job
         impossible = self.pool.impossible(job)
         if not (job.invalid or impossible):
             return False
-        self._taken(job)
         reason = job.invalid or f"it can never run here: {impossible}"
-        self._ended(job, (), FailedToStart(reason), time.time(), 0.0, final=True)
+        self.queued -= 1
+        self._finish(record, FailedToStart(reason), (), "", self.wall(), 0.0, final=True)
         return True
 
-    def _dispatch(self) -> None:
-        """Start queued jobs while their GPUs are free.
+    # --- starting -----------------------------------------------------------------
 
-        Jobs go by (priority, input order): first in first out unless JSONL
-        priorities say otherwise. When the first cannot be placed it waits and
-        nothing overtakes it, so a big job is never starved by small ones; with
-        ``--backfill`` later jobs that fit now start before it. A job that can
-        never run here fails at once instead of waiting forever.
-        """
-        pending = self.state.pending
-        if not pending or self.stop_level:
+    def _dispatch(self) -> None:
+        """Start queued jobs while their GPUs are free (`placement.policy`)."""
+        if not self.queued or self.stop_level:
             return
         if self.gate is not None:
-            self.gate.refresh(self.pool, self._leaders())  # may find a GPU lost
+            self._look_at_gpus()
             if self.pool.losses != self._losses_seen:
                 # Jobs are checked when read; a lost GPU can make waiting ones impossible.
                 self._losses_seen = self.pool.losses
-                for job in list(pending):
-                    if job in pending and self.pool.impossible(job):
-                        pending.remove(job)
-                        self._reject_if_unrunnable(job)
-        progress = True
-        while progress and pending and not self.stop_level:
-            progress = False
-            for job in sorted(pending, key=lambda j: (j.priority, j.id)):
-                gpus = self._place(job)
-                if gpus is not None:
-                    pending.remove(job)
-                    self._taken(job)
-                    self._start(job, gpus)
-                    progress = True
-                    break
+                for record in list(self.state.with_status(QUEUED)):
+                    self._reject_if_unrunnable(record)
+        order = dispatch_order(self.state.queued())
+        while order and not self.stop_level:
+            choice, waiting = next_start(order, self._place, self.settings.backfill)
+            for job in waiting:
                 self._wait_for_outside(job)
-                if not self.config.backfill:
-                    return
+            if choice is None:
+                return
+            job, gpus = choice
+            order.remove(job)
+            self._start(self.state.records[job.id], gpus)
+
+    def _look_at_gpus(self) -> None:
+        """Start a look at the hardware when one is due; the sample comes
+        back later as a callback, never blocking this thread."""
+        gate = self.gate
+        assert gate is not None
+        if not gate.due() or (self.sampler is not None and self.sampler.busy):
+            return
+        devices = gate.begin_look(self.pool)
+        if devices and self.sampler is not None:
+            self.sampler.request(devices, self._sampled)
+
+    def _sampled(self, samples: Dict[str, Usage]) -> None:
+        assert self.gate is not None
+        self.gate.sampled(self.pool, samples, self.owners())
 
     def _place(self, job: Job) -> Optional[Tuple[str, ...]]:
         """The pool's placement, with the GPUs' locks taken; a GPU whose lock
         another scheduler holds is busy for now and the job is placed again."""
-        if job.mem is not None and not self._said_unknown_memory and not self.config.gpu_memory:
+        if job.mem is not None and not self._said_unknown_memory and \
+                not self.settings.memory_known:
             self._said_unknown_memory = True
-            self.console.line(
+            self.emit(ev.Notice(
                 "jobs declare mem but the GPUs' memory size is unknown (no NVML or "
-                "nvidia-smi): pass --gpu-memory; until then mem does not pack jobs")
+                "nvidia-smi): pass --gpu-memory; until then mem does not pack jobs", 1))
         while True:
             gpus = self.pool.place(job)
             if gpus is None or self.gate is None or self.gate.lock(self.pool, gpus) is None:
@@ -286,21 +348,111 @@ class Scheduler:
 
         def poll() -> None:
             self._poll_armed = False
-            if self.gate is not None:
-                self.gate.expire()
 
-        self.timers.at(self.gate.next_check(), poll)
+        self.call_at(self.gate.next_check(), poll)
 
-    def _leaders(self) -> Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]]:
-        """Our process groups, for telling our processes on a GPU from others'."""
-        leaders: Dict[int, Optional[Tuple[Job, Tuple[str, ...]]]] = {
-            left.pgid: (left.job, left.gpus) for left in self.leftovers
-        }
-        for execution in self.executions.values():
-            leaders[execution.pid] = (execution.job, execution.gpus)
-        return leaders
+    def _start(self, record: JobRecord, gpus: Tuple[str, ...]) -> None:
+        job = record.job
+        job.attempts += 1
+        self.pool.take(gpus, job)
+        self.queued -= 1
+        try:
+            execution = self.launcher.start(job, gpus)
+        except LaunchError as exc:
+            self._free(job, gpus)
+            self._finish(record, FailedToStart(str(exc)), gpus, "", self.wall(), 0.0)
+            return
+        self.state.job_started(job, gpus, execution.started)
+        record.execution = execution
+        if job.timeout is not None:
+            record.deadline = self.call_at(
+                execution.started + job.timeout, lambda: self._time_out(record))
+        self.emit(ev.JobStarted(job, gpus, execution.host))
 
-    def _free_gpus(self, job: Job, gpus: Tuple[str, ...]) -> None:
+    def _time_out(self, record: JobRecord) -> None:
+        if record.status != RUNNING:
+            return
+        record.timed_out = True
+        record.deadline = None
+        self.emit(ev.TimeoutReached(record.job))
+        record.rung = self.ladder.stop(record.execution, record.rung)
+
+    # --- ending: the LauncherEvents the launcher calls ------------------------------
+
+    def ended(self, execution: Execution, outcome: Outcome, lingering: bool) -> None:
+        """The attempt's main process is gone; what it left may still linger."""
+        record = self.state.records.get(execution.job.id)
+        if record is None or record.execution is not execution:
+            return
+        job = record.job
+        if record.deadline is not None:
+            record.deadline.cancel()
+            record.deadline = None
+        if record.timed_out:
+            outcome = TimedOut(job.timeout or 0.0, getattr(outcome, "signal", signal.SIGTERM))
+        record.status = LINGERING
+        record.outcome = outcome
+        runtime = self.clock() - record.started
+        if lingering:
+            self.emit(ev.Lingering(job))
+            record.rung = self.ladder.stop(execution, record.rung, now=self.stop_level >= KILL)
+        self._finish(record, outcome, record.gpus, execution.host, execution.started_wall,
+                     runtime)
+
+    def cleared(self, execution: Execution) -> None:
+        """Nothing of the attempt is left: its GPUs go to the next job."""
+        record = self.state.records.get(execution.job.id)
+        if record is None or record.execution is not execution:
+            return  # given up on already
+        if record.rung is not None:
+            record.rung.cancel()
+        self._free(record.job, record.gpus)
+        self._settle(record)
+
+    def _give_up(self, execution: Execution) -> None:
+        """Still there a while after SIGKILL (a zombie nobody reaps): give the
+        GPUs back anyway; the launcher kills what is left at exit."""
+        record = self.state.records.get(execution.job.id)
+        if record is None or record.execution is not execution:
+            return
+        self.emit(ev.GaveUp(record.job, record.gpus, execution.host))
+        if record.status == RUNNING:
+            # Its main process never ended: the attempt ends here, killed.
+            record.status = LINGERING
+            record.outcome = Killed(signal.SIGKILL)
+            self._finish(record, record.outcome, record.gpus, execution.host,
+                         execution.started_wall, self.clock() - record.started)
+        self._free(record.job, record.gpus)
+        self._settle(record)
+
+    def _finish(
+        self, record: JobRecord, outcome: Outcome, gpus: Tuple[str, ...], host: str,
+        started_wall: float, runtime: float, final: bool = False,
+    ) -> None:
+        """One attempt ended: say so; decide whether the job runs again."""
+        job = record.job
+        retry = (not outcome.ok and not final and not self.stop_level
+                 and job.attempts <= job.retries)
+        record.outcome = outcome
+        record.retry = retry
+        self.emit(ev.AttemptEnded(job, gpus, host, outcome, started_wall, runtime, retry))
+        if record.execution is None:  # it never ran: nothing to clear
+            self._settle(record)
+        if not retry and not outcome.ok and self.settings.halt is not None:
+            level = DRAIN if self.settings.halt == "soon" else TERMINATE
+            self._escalate(
+                level, f"job {job.id} failed and --halt-on-failure is {self.settings.halt}")
+
+    def _settle(self, record: JobRecord) -> None:
+        """The attempt is over and cleared: queue the job again, or count it done."""
+        if record.retry and not self.stop_level:
+            self.state.requeue(record)
+            self.queued += 1
+            return
+        assert record.outcome is not None
+        self.state.record(record.job, record.outcome)
+
+    def _free(self, job: Job, gpus: Tuple[str, ...]) -> None:
         self.pool.release(gpus, job)
         if self.gate is not None:
             # Their locks are given back after this turn's dispatch, and only
@@ -308,132 +460,11 @@ class Scheduler:
             self._unlock_later.update(gpus)
             self.gate.job_ended(self.pool)
 
-    def _taken(self, job: Job) -> None:
-        """A job left the queue: the reader may read one more, unless this was a retry."""
-        if job.attempts == 0:
-            self.reader.job_taken()
-
-    def _start(self, job: Job, gpus: Tuple[str, ...]) -> None:
-        job.attempts += 1
-        self.pool.take(gpus, job)
-        try:
-            execution = self.launcher.start(job, gpus)
-        except LaunchError as exc:
-            self._free_gpus(job, gpus)
-            self._ended(job, gpus, FailedToStart(str(exc)), time.time(), 0.0)
-            return
-        self.executions[job.id] = execution
-        self.state.job_started(job, gpus, execution.started)
-        if job.timeout is not None:
-            self.deadlines[job.id] = self.timers.at(
-                execution.started + job.timeout, lambda: self._time_out(execution))
-        if self.console.verbosity >= 0:  # not even the text, with --quiet
-            attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
-            self.console.info(f"job {job.id} started on {gpu_label(gpus)}{attempt}: {job.text(200)}")
-
-    def _time_out(self, execution: Execution) -> None:
-        job = execution.job
-        # `ended` is set as soon as the shell exits, before its exit event
-        # reaches us (it waits for the output copies): ended in time.
-        if self.executions.get(job.id) is not execution or execution.ended is not None:
-            return
-        self.deadlines.pop(job.id, None)
-        self.timed_out[job.id] = job.timeout or 0.0
-        self.console.debug(f"job {job.id} reached its timeout; terminating it")
-        execution.signal(signal.SIGTERM)
-
-        def kill() -> None:
-            if self.executions.get(job.id) is execution:
-                execution.signal(signal.SIGKILL)
-
-        self.timers.at(time.monotonic() + self.config.kill_grace, kill)
-
-    def _job_exited(self, execution: Execution) -> None:
-        outcome: Outcome = execution.collect()
-        job = execution.job
-        del self.executions[job.id]
-        deadline = self.deadlines.pop(job.id, None)
-        if deadline is not None:
-            deadline.cancel()
-        if job.id in self.timed_out:
-            seconds = self.timed_out.pop(job.id)
-            outcome = TimedOut(seconds, getattr(outcome, "signal", signal.SIGTERM))
-        self.state.job_ended(job)
-        if execution.group_alive():
-            self._linger(execution)
-        else:
-            self._free_gpus(job, execution.gpus)
-        self._ended(job, execution.gpus, outcome, execution.started_wall, execution.runtime)
-
-    def _linger(self, execution: Execution) -> None:
-        """The job's shell is gone but it left processes behind: end them
-        (see `leftovers`); its GPUs stay booked until they are gone."""
-        self.console.debug(f"job {execution.job.id} left processes behind; terminating them")
-        self.leftovers.add(
-            execution.pid, execution.job, execution.gpus, time.monotonic(),
-            self.config.kill_grace, kill_now=self.stop_level >= KILL)
-        self._watch_leftovers()
-
-    def _watch_leftovers(self) -> None:
-        if self.leftovers and not self._leftover_poll_armed:
-            self._leftover_poll_armed = True
-            self.timers.at(time.monotonic() + leftovers.POLL, self._check_leftovers)
-
-    def _check_leftovers(self) -> None:
-        self._leftover_poll_armed = False
-        gone, given_up = self.leftovers.check(time.monotonic())
-        for left in given_up:
-            self.console.line(
-                f"job {left.job.id}: process group {left.pgid} is still there after SIGKILL; "
-                f"giving {gpu_label(left.gpus)} back anyway")
-        for left in gone + given_up:
-            self._free_gpus(left.job, left.gpus)
-        self._watch_leftovers()
-
-    def _ended(
-        self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, started_wall: float,
-        runtime: float, final: bool = False,
-    ) -> None:
-        """One attempt ended: log it, then retry, or count the job as done."""
-        if self.config.joblog is not None:
-            self.config.joblog.write_attempt(job, gpus, started_wall, runtime, outcome)
-        retry = (not outcome.ok and not final and not self.stop_level
-                 and job.attempts <= job.retries)
-        self._report(job, gpus, outcome, runtime, retry)
-        if retry:
-            self.state.pending.appendleft(job)  # the next free GPU is its
-            return
-        self.state.record(job, outcome)
-        if not outcome.ok and self.config.halt is not None:
-            level = DRAIN if self.config.halt == "soon" else TERMINATE
-            self._escalate(level, f"job {job.id} failed and --halt-on-failure is {self.config.halt}")
-
-    def _report(
-        self, job: Job, gpus: Tuple[str, ...], outcome: Outcome, runtime: float, retry: bool
-    ) -> None:
-        where = f" on {gpu_label(gpus)}" if gpus else ""
-        if outcome.ok:
-            if self.console.verbosity < 0:
-                return
-            self.console.info(
-                f"job {job.id} finished{where} after {format_duration(runtime)}: "
-                f"{outcome.describe()}")
-            return
-        after = "" if isinstance(outcome, FailedToStart) else f" after {format_duration(runtime)}"
-        again = f" (will retry: attempt {job.attempts + 1} of {job.retries + 1})" if retry else ""
-        self.console.line(
-            f"job {job.id} failed{where}{after}: {outcome.describe()}{again}: {job.text(200)}")
-
-    def _not_started(self, job: Job) -> None:
-        self.state.record(job, NotStarted())
-        self.console.line(f"not started: job {job.id}: {job.text()}")
-
-    # --- stopping -------------------------------------------------------------
+    # --- stopping -------------------------------------------------------------------
 
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGUSR1:
-            for line in status_table(self.state.snapshot()):
-                self.console.line(line)
+            self.emit(ev.StatusAsked(self.state.snapshot()))
             return
         if signum == signal.SIGHUP and self.stop_level:
             return  # a hang-up only ever drains; escalation is Ctrl-C or SIGTERM
@@ -444,56 +475,51 @@ class Scheduler:
         self._escalate(level, f"{name} received" if level == DRAIN else f"{name} received again")
 
     def _escalate(self, level: int, why: str) -> None:
-        """Stop the run: drain, then terminate, then kill; each level once."""
+        """Climb to stop `level`: drain, then terminate, then kill; each level once."""
         while self.stop_level < level:
             self.stop_level += 1
+            running = [r for r in self.state.records.values() if r.status == RUNNING]
             if self.stop_level == DRAIN:
-                self._drain(why)
+                self._drain(why, len(running))
             elif self.stop_level == TERMINATE:
-                self.console.line(
-                    f"{why}: terminating {len(self.executions)} running job(s) "
-                    f"(SIGKILL after {self.config.kill_grace:g}s; "
-                    "Ctrl-C or SIGTERM once more kills them now)")
-                for execution in self.executions.values():
-                    execution.signal(signal.SIGTERM)
-                self.timers.at(time.monotonic() + self.config.kill_grace, self._kill_all)
+                self.emit(ev.Stopping(TERMINATE, why, len(running), 0, self.settings.kill_grace))
+                for record in running:
+                    record.rung = self.ladder.stop(record.execution, record.rung)
             else:
-                self.console.line(f"{why}: killing every job now")
-                self._kill_all()
+                self.emit(ev.Stopping(KILL, why, len(running), 0, 0.0))
+                for record in list(self.state.records.values()):
+                    if record.execution is not None:
+                        record.rung = self.ladder.stop(record.execution, record.rung, now=True)
 
-    def _drain(self, why: str) -> None:
-        self.reader.stop()  # reads nothing more, posts what it had read
-        pending = list(self.state.pending)
-        self.state.pending.clear()
-        self.console.line(
-            f"{why}: draining; {len(self.executions)} running job(s) will finish, "
-            f"{len(pending)} queued command(s) will not start "
-            "(Ctrl-C or SIGTERM again terminates the running jobs)")
-        for job in pending:
+    def _drain(self, why: str, running: int) -> None:
+        """Start nothing more: every command read and not started is listed."""
+        queued = [r.job for r in self.state.with_status(QUEUED)]
+        unread = self.source.drain()  # read from stdin, not taken yet: never lost
+        if self._watching_input:
+            self._watching_input = False
+            self.remove_reader(self.source.fd)
+        self.emit(ev.Stopping(DRAIN, why, running, len(queued) + len(unread),
+                              self.settings.kill_grace))
+        for job in dispatch_order(queued) + unread:
             self._not_started(job)
+        self.queued = 0
+        self.state.input_open = False
 
-    def _kill_all(self) -> None:
-        for execution in self.executions.values():
-            execution.signal(signal.SIGKILL)
-        self.leftovers.kill_all(time.monotonic())
+    def _not_started(self, job: Job) -> None:
+        self.state.record(job, NotStarted())
+        self.emit(ev.JobNotStarted(job))
 
-    # --- reporting ------------------------------------------------------------
+    # --- progress -------------------------------------------------------------------
 
-    def _show_progress(self) -> None:
-        progress = self.config.progress
-        assert progress is not None
-        progress.show(self.state.snapshot())
+    def _progress(self) -> None:
+        every = self.settings.progress_every
+        assert every is not None
+        self.emit(ev.Progress(self.state.snapshot()))
         # Keep the clock in the line moving while something runs; an idle
         # scheduler with nothing running sets no timer and sleeps.
-        if self.executions and (self.ticker is None or self.ticker.cancelled):
+        if self.state.busy and (self._ticker is None or self._ticker.cancelled):
             def tick() -> None:
-                self.ticker = None
+                self._ticker = None
 
-            self.ticker = self.timers.at(time.monotonic() + progress.interval, tick)
+            self._ticker = self.call_at(self.clock() + every, tick)
 
-    def _summary(self) -> None:
-        snap = self.state.snapshot()
-        lines = summary_lines(snap, self.state.failed_ids, self.config.resume_hint)
-        quiet_ok = not (snap.failed or snap.not_started or self.stop_level)
-        for line in lines:
-            (self.console.info if quiet_ok else self.console.line)(line)

@@ -32,12 +32,11 @@ if TYPE_CHECKING:
     from ..model.devices import Backend, Device, GpuProcess, Usage
     from ..model.jobs import Job
     from .locks import GpuLocks
-    from ..report.console import Console
     from ..placement.pool import GpuPool
 
-    #: Our process groups: job leader pid -> (job, its GPUs); None for what
-    #: an ended job left behind (still ours, being terminated).
-    Leaders = Mapping[int, Optional[Tuple[Job, Tuple[str, ...]]]]
+    #: Our process groups: job leader pid -> its job (also while what an
+    #: ended job left behind is being ended: still ours).
+    Leaders = Mapping[int, Job]
 
 
 def owner(pid: int, leaders: Leaders) -> Tuple[bool, Optional[int]]:
@@ -81,7 +80,8 @@ class GpuGate:
     def __init__(
         self, *, devices: Mapping[str, Device], backend: Optional[Backend],
         limits: Optional[Limits], locks: Optional[GpuLocks], lock_keys: Mapping[str, str],
-        poll: float, console: Console, clock: Callable[[], float] = time.monotonic,
+        poll: float, say: Callable[[str, int], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         #: pool id -> the hardware behind it, where known
         self.devices = dict(devices)
@@ -90,7 +90,11 @@ class GpuGate:
         self.locks = locks
         self.lock_keys = dict(lock_keys)
         self.poll = poll
-        self.console = console
+        #: how the gate tells the user something: (text, level), see `model.events.Notice`
+        self.say = say
+        #: a look has begun and its sample is not judged yet: the watched GPUs
+        #: take no new job until it is (it may find one busy or lost)
+        self.looking = False
         self._clock = clock
         self._last: Optional[float] = None
         self._busy: Dict[str, str] = {}
@@ -110,17 +114,53 @@ class GpuGate:
         """Let the next `refresh` look again (the poll interval has passed)."""
         self._last = None
 
-    def refresh(self, pool: GpuPool, leaders: Leaders) -> None:
-        """Look at the GPUs again if the last look is `poll` seconds old."""
-        now = self._clock()
-        if self._last is not None and now - self._last < self.poll:
-            return
-        self._last = now
-        self._locked.clear()  # locks are tried again when a job is placed
-        if self.watches_hardware:
-            self._sample(pool, leaders)
+    def due(self) -> bool:
+        """Whether a look at the GPUs is due (`poll` seconds since the last)."""
+        return self._last is None or self._clock() - self._last >= self.poll
+
+    def begin_look(self, pool: GpuPool) -> Optional[List[Device]]:
+        """Start a look: locks are tried again when a job is placed, and the
+        devices to sample are returned (None when no hardware is watched).
+        The sample itself is taken off the engine's thread (`gpus.sampler`)
+        and handed to `sampled`."""
+        self._last = self._clock()
+        self._locked.clear()
+        self.looking = self.watches_hardware
         for gpu_id in pool.ids:
             self._apply(pool, gpu_id)
+        if not self.watches_hardware:
+            return None
+        return [self.devices[gpu_id] for gpu_id in pool.ids
+                if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
+
+    def sampled(self, pool: GpuPool, samples: Mapping[str, Usage], leaders: Leaders) -> None:
+        """Judge a sample of the GPUs (taken by `begin_look`'s devices)."""
+        from ..model.devices import Usage
+
+        self.looking = False
+        for gpu_id in pool.ids:
+            device = self.devices.get(gpu_id)
+            if device is None or pool.gpu(gpu_id).lost is not None:
+                continue
+            usage = samples.get(device.id, Usage())
+            if usage.lost is not None:
+                pool.mark_lost(gpu_id, usage.lost)
+                self._busy.pop(gpu_id, None)
+                self.say(f"gpu {gpu_id} is lost ({usage.lost}); no more jobs go there", 1)
+                continue
+            self._judge(pool, gpu_id, usage, leaders)
+        for gpu_id in pool.ids:
+            self._apply(pool, gpu_id)
+
+    def refresh(self, pool: GpuPool, leaders: Leaders) -> None:
+        """A look at the GPUs now, on this thread, if one is due (for tests
+        and for ``--list-gpus``; the engine samples off its thread)."""
+        if not self.due():
+            return
+        devices = self.begin_look(pool)
+        if devices is not None:
+            assert self.backend is not None
+            self.sampled(pool, self.backend.sample(devices), leaders)
 
     def job_ended(self, pool: GpuPool) -> None:
         """One of our jobs ended: a GPU another scheduler held may be ours to try."""
@@ -153,7 +193,7 @@ class GpuGate:
             self._locked[gpu_id] = f"in use by another scheduler ({problem})"
             if ("locked", gpu_id) not in self._said:
                 self._said.add(("locked", gpu_id))
-                self.console.info(f"gpu {gpu_id}: {problem}; waiting for it")
+                self._info(f"gpu {gpu_id}: {problem}; waiting for it")
             self._apply(pool, gpu_id)
             return gpu_id
         return None
@@ -174,22 +214,6 @@ class GpuGate:
 
     # --- the hardware -----------------------------------------------------------
 
-    def _sample(self, pool: GpuPool, leaders: Leaders) -> None:
-        from ..model.devices import Usage
-
-        assert self.backend is not None
-        watched = [(gpu_id, self.devices[gpu_id]) for gpu_id in pool.ids
-                   if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
-        samples = self.backend.sample([device for _, device in watched])
-        for gpu_id, device in watched:
-            usage = samples.get(device.id, Usage())
-            if usage.lost is not None:
-                pool.mark_lost(gpu_id, usage.lost)
-                self._busy.pop(gpu_id, None)
-                self.console.line(f"gpu {gpu_id} is lost ({usage.lost}); no more jobs go there")
-                continue
-            self._judge(pool, gpu_id, usage, leaders)
-
     def _judge(self, pool: GpuPool, gpu_id: str, usage: Usage, leaders: Leaders) -> None:
         from .busy import excess_memory, judge, others_memory
 
@@ -198,8 +222,7 @@ class GpuGate:
         # Our jobs' overruns: what each uses beyond the memory booked for it.
         held: List[Tuple[int, int]] = []
         for leader, used in ours.items():
-            entry = leaders.get(leader)
-            job = entry[0] if entry is not None else None
+            job = leaders.get(leader)
             booked = job.mem if job is not None and job.mem is not None and slots.memory else 0
             held.append((used, booked or 0))
         outside = others_memory(usage, others, sum(ours.values())) or 0
@@ -210,16 +233,22 @@ class GpuGate:
         for check in verdict.unmeasured:
             if ("unmeasured", gpu_id, check) not in self._said:
                 self._said.add(("unmeasured", gpu_id, check))
-                self.console.info(f"gpu {gpu_id}: its {check} cannot be measured here; "
+                self._info(f"gpu {gpu_id}: its {check} cannot be measured here; "
                                   "that busy check is not made on it")
         was = self._busy.get(gpu_id)
         if verdict.busy is not None:
             self._busy[gpu_id] = verdict.busy
             if was is None:
-                self.console.info(f"gpu {gpu_id} is busy: {verdict.busy}; waiting for it")
+                self._info(f"gpu {gpu_id} is busy: {verdict.busy}; waiting for it")
         elif was is not None:
             del self._busy[gpu_id]
-            self.console.info(f"gpu {gpu_id} is no longer busy")
+            self._info(f"gpu {gpu_id} is no longer busy")
+
+    def _info(self, text: str) -> None:
+        self.say(text, 0)
 
     def _apply(self, pool: GpuPool, gpu_id: str) -> None:
-        pool.set_available(gpu_id, self._busy.get(gpu_id) or self._locked.get(gpu_id))
+        reason = self._busy.get(gpu_id) or self._locked.get(gpu_id)
+        if reason is None and self.looking and gpu_id in self.devices:
+            reason = "being looked at"
+        pool.set_available(gpu_id, reason)

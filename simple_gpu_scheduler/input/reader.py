@@ -1,32 +1,30 @@
-"""The reader thread: stdin to jobs, with back-pressure, and a clean stop.
+"""stdin to jobs, read by the engine's own loop: no reader thread.
 
-The thread reads fd 0 with plain ``os.read`` (no buffered reader whose lock a
-daemon thread could hold at interpreter exit), cuts the bytes into commands
-and posts each as a `JobRead` event. It posts a job only while fewer than
-`read_ahead` posted jobs wait to start (the scheduling loop calls `job_taken`),
-and reads the next chunk only when the commands of the last one are all
-posted: a generator of ten million lines waits in its pipe, not in our memory.
+The engine watches fd 0 in its selector only while it has room for more
+jobs (its read-ahead), calls `InputSource.read` when the fd is readable, and
+`take`s jobs one by one. A chunk of input can hold many commands; those not
+taken yet wait here as raw bytes, so a generator of ten million lines waits
+in its pipe, not in our memory.
 
-`stop` (a drain) makes it read nothing more, and post at once every command
-it had already taken from stdin, so that the loop can list them all as not
-started: nothing read is ever silently lost.
+Because everything read is held here until it is taken, a drain can list
+every command read and not started (`drain`): nothing read is ever lost, and
+the summary's counts add up to what was read.
 """
 
 from __future__ import annotations
 
 import os
-import select
-import threading
 from collections import deque
 
-from .. import threads
-from .lines import MAX_COMMAND_BYTES, CommandAssembler, LineSplitter, RawCommand
 from ..model.jobs import Job
-from ..model.record import Record
+from .lines import MAX_COMMAND_BYTES, CommandAssembler, LineSplitter
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Deque, Optional
+    from typing import Callable, Deque, List, Optional
+
+    from .jsonl import Defaults
+    from .lines import RawCommand
 
     #: Builds a job from its sequence number and raw command (plain text or JSONL).
     JobFactory = Callable[[int, RawCommand], Job]
@@ -36,118 +34,102 @@ if TYPE_CHECKING:
 CHUNK = 16 * 1024
 
 
-class JobRead(Record):
-    __slots__ = ("job",)
+def job_factory(
+    jsonl: bool, gpus: int = 1, timeout: Optional[float] = None, retries: int = 0,
+    aliases: Optional[dict] = None,
+) -> JobFactory:
+    """How a raw command becomes a job: a plain-text line gets the command
+    line's defaults; a JSON line (``--input jsonl``) brings its own."""
+    if jsonl:
+        defaults: List[Defaults] = []  # built on the first JSON line: json costs start-up
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
+        def from_json(seq: int, raw: RawCommand) -> Job:
+            from .jsonl import Defaults, parse_job
+
+            if not defaults:
+                defaults.append(Defaults(
+                    gpus=gpus, aliases=aliases or {}, timeout=timeout, retries=retries))
+            return parse_job(seq, raw, defaults[0])
+
+        return from_json
+
+    def from_text(seq: int, raw: RawCommand) -> Job:
+        return Job(id=seq, command=raw.text, gpus=gpus, invalid=raw.invalid,
+                   timeout=timeout, retries=retries)
+
+    return from_text
 
 
-class InputEnded(Record):
-    __slots__ = ("error",)
+class InputSource:
+    """The commands on one file descriptor, cut and numbered from 1."""
 
-    def __init__(self, error: Optional[str] = None) -> None:
-        #: Why reading failed, or None at a normal end of input.
-        self.error = error
-
-
-class Reader:
-    def __init__(
-        self, fd: int, make_job: JobFactory, post: Callable[[object], None], read_ahead: int,
-        continuation: bool = True,
-    ) -> None:
-        self._fd = fd
+    def __init__(self, fd: int, make_job: JobFactory, continuation: bool = True) -> None:
+        self.fd = fd
         self._make_job = make_job
-        self._post = post
-        self._read_ahead = read_ahead
-        self._continuation = continuation
-        self._room = threading.Condition()
-        self._waiting = 0  # posted jobs the loop has not taken yet
-        self._stopped = False
-        self._stop_r, self._stop_w = os.pipe()
-        self._count = 0
+        self._splitter = LineSplitter(MAX_COMMAND_BYTES + 1)  # + 1: a CRLF line's CR
+        self._assembler = CommandAssembler(continuation=continuation)
+        #: read from the fd, not taken yet
+        self._ready: Deque[RawCommand] = deque()
+        self.at_end = False
+        #: why reading failed, once it has
+        self.error: Optional[str] = None
+        #: commands numbered so far
+        self.count = 0
 
-    def start(self) -> None:
-        # A helper thread: at exit it may still block in select(); nothing of
-        # ours is lost by leaving it there.
-        threads.start(self._run)
+    @property
+    def buffered(self) -> int:
+        return len(self._ready)
 
-    def job_taken(self) -> None:
-        """The loop started (or dropped) a job: one more may be posted."""
-        with self._room:
-            self._waiting -= 1
-            self._room.notify()
+    def wants_read(self) -> bool:
+        """Whether reading could give a new command (none is waiting here)."""
+        return not self.at_end and not self._ready
 
-    def stop(self) -> None:
-        """Read nothing more; post what was already read (called by a drain)."""
-        with self._room:
-            self._stopped = True
-            self._room.notify()
-        os.write(self._stop_w, b".")
-
-    def _run(self) -> None:
-        splitter = LineSplitter(MAX_COMMAND_BYTES + 1)  # + 1: a CRLF line's CR
-        assembler = CommandAssembler(continuation=self._continuation)
-        ready: Deque[RawCommand] = deque()  # taken from stdin, not posted yet
-        at_end = False
+    def read(self) -> None:
+        """Read one chunk (call when the fd is readable; it does not block then)."""
         try:
-            while True:
-                if not self._wait_for_room():
-                    break
-                if ready:
-                    self._emit(ready.popleft())
-                    continue
-                if at_end:
-                    self._post(InputEnded())
-                    return
-                chunk = self._read()
-                if chunk is None:
-                    break  # stopped while waiting for input
-                if chunk:
-                    for line in splitter.feed(chunk):
-                        _append(ready, assembler.feed(line))
-                else:
-                    _flush(ready, splitter, assembler)
-                    at_end = True
-        except OSError as exc:
-            self._post(InputEnded(f"cannot read the input: {exc.strerror or exc}"))
+            chunk = os.read(self.fd, CHUNK)
+        except BlockingIOError:
             return
-        # Stopped: whatever was taken from stdin is posted now, to be listed
-        # as not started, a cut last line included.
-        _flush(ready, splitter, assembler)
-        while ready:
-            self._emit(ready.popleft())
+        except OSError as exc:
+            self.error = f"cannot read the input: {exc.strerror or exc}"
+            self._end()
+            return
+        if not chunk:
+            self._end()
+            return
+        for line in self._splitter.feed(chunk):
+            raw = self._assembler.feed(line)
+            if raw is not None:
+                self._ready.append(raw)
 
-    def _wait_for_room(self) -> bool:
-        """Block until a job may be posted; False once stopped."""
-        with self._room:
-            while self._waiting >= self._read_ahead and not self._stopped:
-                self._room.wait()
-            return not self._stopped
-
-    def _read(self) -> Optional[bytes]:
-        """The next chunk of stdin (b"" at its end), or None if stopped first."""
-        readable, _, _ = select.select([self._fd, self._stop_r], [], [])
-        if self._stop_r in readable:
+    def take(self) -> Optional[Job]:
+        """The next command read, as a job, or None if none is waiting."""
+        if not self._ready:
             return None
-        return os.read(self._fd, CHUNK)
+        self.count += 1
+        return self._make_job(self.count, self._ready.popleft())
 
-    def _emit(self, raw: RawCommand) -> None:
-        with self._room:
-            self._waiting += 1
-        self._count += 1
-        self._post(JobRead(self._make_job(self._count, raw)))
+    def drain(self) -> List[Job]:
+        """Stop reading: every command read and not taken, a cut last line
+        included, as jobs (to be listed as not started)."""
+        if not self.at_end:
+            self._end()
+        jobs = []
+        while self._ready:
+            job = self.take()
+            assert job is not None
+            jobs.append(job)
+        return jobs
 
-
-def _append(ready: Deque[RawCommand], raw: Optional[RawCommand]) -> None:
-    if raw is not None:
-        ready.append(raw)
-
-
-def _flush(ready: Deque[RawCommand], splitter: LineSplitter, assembler: CommandAssembler) -> None:
-    """The commands still held by the splitter and assembler (a last line
-    without a newline, a continuation cut off)."""
-    last = splitter.end()
-    if last is not None:
-        _append(ready, assembler.feed(last))
-    _append(ready, assembler.end())
+    def _end(self) -> None:
+        """The commands still held by the splitter and assembler (a last line
+        without a newline, a continuation cut off)."""
+        self.at_end = True
+        last = self._splitter.end()
+        if last is not None:
+            raw = self._assembler.feed(last)
+            if raw is not None:
+                self._ready.append(raw)
+        raw = self._assembler.end()
+        if raw is not None:
+            self._ready.append(raw)

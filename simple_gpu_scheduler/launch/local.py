@@ -1,20 +1,23 @@
-"""Starting a job's command on given GPUs, and learning how it ended.
+"""The local launcher: each job as ``SHELL -c COMMAND`` on this machine.
 
-This is the one place that creates processes. The interface is small on
-purpose, so that a launcher for other machines (a Ray cluster) can stand in
-for `LocalLauncher` later:
+This is the one place that creates job processes. Every job runs in a session
+of its own (``setsid``): Ctrl-C in the terminal reaches the scheduler only,
+and a signal to the job's process group reaches its grandchildren too. stdin
+is ``/dev/null`` so a job can never read the scheduler's queue.
 
-- ``start(job, gpus) -> Execution`` starts the command or raises `LaunchError`
-  with a one-line reason;
-- when the command's process ends, the launcher calls ``on_exit(execution)``
-  from a helper thread; the scheduling loop then calls ``execution.collect()``
-  for the `Outcome`;
-- ``execution.signal(sig)`` signals the job's whole process tree.
+A job's exit is an event on the engine's thread, not a thread per job: the
+shell's pidfd (``os.pidfd_open``) is watched by the engine's selector and
+becomes readable the moment the shell exits. Then:
 
-Every job runs in a session of its own (``setsid``): Ctrl-C in the terminal
-reaches the scheduler only, and a signal to the job's process group reaches
-its grandchildren too. stdin is ``/dev/null`` so a job can never read the
-scheduler's queue.
+- the shell is reaped and its status becomes the `Outcome`;
+- if its group (or an orphan that escaped it, see `procgroup`) still has
+  processes, the engine is told at once that the job ended *lingering*, and
+  its stop ladder ends them; this launcher looks every `POLL` seconds, only
+  while something lingers, and says ``cleared`` when nothing is left;
+- otherwise, under ``--tag``/``--progress``, it waits for the copies of the
+  job's output to reach their end (microseconds: nothing else holds the pipe),
+  at most `OUTPUT_WAIT` seconds, so the job's last lines come before the
+  scheduler's "finished" line.
 """
 
 from __future__ import annotations
@@ -24,18 +27,29 @@ import os
 import pwd
 import signal
 import time
+
+from ..model.jobs import outcome_from_returncode
+from .base import LaunchError
+from .procgroup import Orphans, group_alive, send_group
+from .streams import Passthrough
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     import subprocess
-    from typing import Callable, List, Mapping, Optional, Tuple
+    from typing import Dict, List, Mapping, Optional, Tuple
 
-from ..model.jobs import Job, Killed, Exited, outcome_from_returncode
-from .. import threads
-from .streams import JobStreams, OutputMode, Passthrough, TagPump
+    from ..model.jobs import Job, Outcome
+    from .base import Cancellable, LauncherEvents, Reactor
+    from .streams import JobStreams, OutputMode, TagPump
 
-
-class LaunchError(Exception):
-    """The command could not be started; the message says why in one line."""
+#: Seconds between looks at what lingers after a job's shell exited.
+POLL = 0.05
+#: Seconds a job's end waits for the last of its output to be copied.
+OUTPUT_WAIT = 0.5
+#: Signals Python ignores that a job must get back at their defaults (as
+#: `subprocess` does with ``restore_signals``): a job writing to a closed pipe
+#: must die of SIGPIPE like it would from a shell.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def default_shell() -> str:
@@ -50,9 +64,7 @@ def default_shell() -> str:
     return entry or "/bin/sh"
 
 
-def job_environment(
-    base: Mapping[str, str], job: Job, gpus: Tuple[str, ...]
-) -> dict:
+def job_environment(base: Mapping[str, str], job: Job, gpus: Tuple[str, ...]) -> dict:
     """The environment a job runs with: ours, the job's own, and the GPU variables."""
     env = dict(base)
     env.update(job.env)
@@ -64,88 +76,74 @@ def job_environment(
     return env
 
 
-class Execution:
-    """One running attempt of a job."""
+class LocalExecution:
+    """One running attempt of a job on this machine: a process group."""
 
-    def __init__(
-        self, job: Job, gpus: Tuple[str, ...], pid: int, reap: Callable[[], int],
-        pumps: List[TagPump],
-    ) -> None:
+    host = "local"
+
+    def __init__(self, launcher: LocalLauncher, job: Job, gpus: Tuple[str, ...], pid: int,
+                 proc: Optional[subprocess.Popen[bytes]]) -> None:
         self.job = job
         self.gpus = gpus
         self.pid = pid
         self.started_wall = time.time()
         self.started = time.monotonic()
-        self.ended: Optional[float] = None
-        self._reap = reap
-        self._pumps = pumps
+        self._launcher = launcher
+        self._proc = proc
+        self.pidfd = -1
+        self.pumps: List[TagPump] = []
+        self.exited = False  # the shell was reaped: its pid may be reused
+        self.outcome: Optional[Outcome] = None
+        self.reported = False
+        self.output_timer: Optional[Cancellable] = None
 
-    def signal(self, signum: int) -> None:
-        """Send `signum` to the job's whole process group; gone is not an error."""
-        send_group(self.pid, signum)
+    def terminate(self) -> None:
+        self._launcher.signal(self, signal.SIGTERM)
 
-    def group_alive(self) -> bool:
-        """Whether any process of the job's group is still there."""
-        return group_alive(self.pid)
+    def kill(self) -> None:
+        self._launcher.signal(self, signal.SIGKILL)
 
-    def collect(self) -> Exited | Killed:
-        """Reap the exited shell and return how it ended (call after ``on_exit``)."""
-        returncode = self._reap()
-        if self.ended is None:
-            self.ended = time.monotonic()
-        return outcome_from_returncode(returncode)
-
-    @property
-    def runtime(self) -> float:
-        return (self.ended if self.ended is not None else time.monotonic()) - self.started
-
-    def _wait_for_exit(self, on_exit: Callable[[Execution], None]) -> None:
-        # WNOWAIT leaves the process a zombie: its pid, and so its process
-        # group id, cannot be reused until the scheduling loop reaps it in
-        # `collect`, so a signal sent before that can never hit a stranger.
-        try:
-            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass
-        self.ended = time.monotonic()
-        # Let the copies of the job's output finish, so its last lines come
-        # before the scheduler's "finished" line. Something the job left
-        # running may hold the pipe open: do not wait for that.
-        for pump in self._pumps:
-            pump.join(0.5)
-        on_exit(self)
-
-
-#: Signals Python ignores that a job must get back at their defaults (as
-#: `subprocess` does with ``restore_signals``): a job writing to a closed pipe
-#: must die of SIGPIPE like it would from a shell.
-RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+    def __repr__(self) -> str:
+        return f"LocalExecution(job={self.job.id}, pid={self.pid})"
 
 
 class LocalLauncher:
     """Runs jobs as ``SHELL -c COMMAND`` on this machine."""
 
     def __init__(
-        self, on_exit: Callable[[Execution], None], shell: Optional[str] = None,
-        output: Optional[OutputMode] = None, base_env: Optional[Mapping[str, str]] = None,
+        self, shell: Optional[str] = None, output: Optional[OutputMode] = None,
+        base_env: Optional[Mapping[str, str]] = None,
     ) -> None:
-        self._on_exit = on_exit
         self.shell = shell or default_shell()
         self._output = output or Passthrough()
         self._base_env = dict(os.environ if base_env is None else base_env)
+        self._devnull = -1
+        self._reactor: Optional[Reactor] = None
+        self._events: Optional[LauncherEvents] = None
+        #: leader pid -> execution, from start until nothing of it is left
+        self._live: Dict[int, LocalExecution] = {}
+        self._lingering: Dict[int, LocalExecution] = {}
+        self._poll: Optional[Cancellable] = None
+        #: output copies that may still be running, for `finish`
+        self._pumps: List[TagPump] = []
+        self._orphans = Orphans()
+
+    # --- the Launcher protocol ------------------------------------------------
+
+    def attach(self, reactor: Reactor, events: LauncherEvents) -> None:
+        self._reactor = reactor
+        self._events = events
         # One /dev/null for every job's stdin.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        #: output copies that may still be running, for `finish_output`
-        self._pumps: List[TagPump] = []
+        self._orphans.enable()
 
-    def finish_output(self) -> None:
-        """Wait until every job's output has been copied (``--tag``): at exit,
-        a slow reader downstream must still get every line."""
-        for pump in self._pumps:
-            pump.finish()
-        self._pumps = []
+    def leaders(self) -> Dict[int, Job]:
+        """Our process groups (leader pid -> job), for telling our processes
+        on a GPU from other users'."""
+        return {pid: ex.job for pid, ex in self._live.items()}
 
-    def start(self, job: Job, gpus: Tuple[str, ...]) -> Execution:
+    def start(self, job: Job, gpus: Tuple[str, ...]) -> LocalExecution:
+        assert self._reactor is not None, "attach first"
         if job.invalid:
             raise LaunchError(job.invalid)
         try:
@@ -153,25 +151,150 @@ class LocalLauncher:
         except OSError as exc:
             raise LaunchError(f"cannot open its log file: {exc.strerror}: {exc.filename}") from None
         env = job_environment(self._base_env, job, gpus)
+        proc = None
         try:
             if job.cwd is None:
                 pid = self._spawn(job.command, env, streams)
-                reap: Callable[[], int] = lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             else:
                 proc = self._popen(job.command, env, streams, job.cwd)
-                pid, reap = proc.pid, proc.wait
+                pid = proc.pid
         except ValueError as exc:  # "embedded null byte"
             streams.close()
             raise LaunchError(f"invalid command: {exc}") from None
         except OSError as exc:
             streams.close()
             raise LaunchError(self._describe(exc, job)) from None
-        pumps = streams.started()
-        execution = Execution(job, gpus, pid, reap, pumps)
-        threads.start(execution._wait_for_exit, self._on_exit)
-        if pumps or self._pumps:
-            self._pumps = [p for p in self._pumps if not p.join(0)] + pumps
+        execution = LocalExecution(self, job, gpus, pid, proc)
+        self._live[pid] = execution
+        reactor = self._reactor
+        if streams.copies:
+            execution.pumps = streams.started(
+                lambda: reactor.call_soon_threadsafe(lambda: self._output_done(execution)))
+            self._pumps = [p for p in self._pumps if not p.join(0)] + execution.pumps
+        else:
+            streams.started()
+        self._watch(execution)
         return execution
+
+    def finish(self) -> None:
+        """Wait until every job's output has been copied (``--tag``): at exit,
+        a slow reader downstream must still get every line."""
+        for pump in self._pumps:
+            pump.finish()
+        self._pumps = []
+
+    def close(self) -> None:
+        """Kill whatever of our jobs is still there (only after an error: the
+        engine waits for every job to be cleared)."""
+        for execution in list(self._live.values()):
+            self.signal(execution, signal.SIGKILL)
+        self._orphans.scan(*self._maps())
+        self._orphans.kill_all(ex.job.id for ex in self._live.values())
+
+    # --- ending ---------------------------------------------------------------
+
+    def signal(self, execution: LocalExecution, signum: int) -> None:
+        """Signal the job's whole tree: its group, and what escaped it."""
+        if execution.pid not in self._live:
+            return  # cleared: the group id may belong to somebody else by now
+        send_group(execution.pid, signum)
+        if self._orphans.enabled:
+            self._orphans.scan(*self._maps())
+            self._orphans.signal(execution.job.id, signum)
+
+    def _watch(self, execution: LocalExecution) -> None:
+        assert self._reactor is not None
+        try:
+            execution.pidfd = os.pidfd_open(execution.pid)
+        except (AttributeError, OSError):
+            # No pidfd (Linux < 5.3): a thread waits instead, and posts.
+            from .. import threads
+
+            reactor = self._reactor
+            threads.start(self._wait_in_thread, execution, reactor)
+            return
+        self._reactor.add_reader(execution.pidfd, lambda: self._exited(execution))
+
+    def _wait_in_thread(self, execution: LocalExecution, reactor: Reactor) -> None:
+        try:
+            os.waitid(os.P_PID, execution.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        reactor.call_soon_threadsafe(lambda: self._exited(execution))
+
+    def _exited(self, execution: LocalExecution) -> None:
+        """The shell has exited (its pidfd is readable): reap it, tell the engine."""
+        assert self._reactor is not None and self._events is not None
+        if execution.pidfd >= 0:
+            self._reactor.remove_reader(execution.pidfd)
+            os.close(execution.pidfd)
+            execution.pidfd = -1
+        try:
+            _, status = os.waitpid(execution.pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            returncode = 0  # reaped by somebody else: nothing better is known
+        if execution._proc is not None:
+            execution._proc.returncode = returncode  # we reaped it, not Popen
+        execution.exited = True
+        execution.outcome = outcome_from_returncode(returncode)
+        self._orphans.scan(*self._maps())
+        if self._tree_alive(execution):
+            self._report(execution, lingering=True)
+            self._lingering[execution.pid] = execution
+            self._arm_poll()
+        elif all(p.join(0) for p in execution.pumps):
+            self._report(execution, lingering=False)
+            self._clear(execution)
+        else:
+            execution.output_timer = self._reactor.call_at(
+                self._reactor.time() + OUTPUT_WAIT, lambda: self._output_done(execution, True))
+
+    def _output_done(self, execution: LocalExecution, waited: bool = False) -> None:
+        """A copy of the job's output ended (or we waited long enough)."""
+        if not execution.exited or execution.reported or execution.pid in self._lingering:
+            return
+        if waited or all(p.join(0) for p in execution.pumps):
+            if execution.output_timer is not None:
+                execution.output_timer.cancel()
+            self._report(execution, lingering=False)
+            self._clear(execution)
+
+    def _report(self, execution: LocalExecution, lingering: bool) -> None:
+        assert self._events is not None and execution.outcome is not None
+        execution.reported = True
+        self._events.ended(execution, execution.outcome, lingering)
+
+    def _clear(self, execution: LocalExecution) -> None:
+        assert self._events is not None
+        self._live.pop(execution.pid, None)
+        self._lingering.pop(execution.pid, None)
+        self._events.cleared(execution)
+
+    def _tree_alive(self, execution: LocalExecution) -> bool:
+        return group_alive(execution.pid) or bool(self._orphans.of(execution.job.id))
+
+    def _arm_poll(self) -> None:
+        assert self._reactor is not None
+        if self._lingering and self._poll is None:
+            self._poll = self._reactor.call_at(self._reactor.time() + POLL, self._check_lingering)
+
+    def _check_lingering(self) -> None:
+        self._poll = None
+        self._orphans.scan(*self._maps())  # reaps exited orphans: zombies are not alive
+        for execution in list(self._lingering.values()):
+            if not self._tree_alive(execution):
+                self._clear(execution)
+        self._arm_poll()
+
+    def _maps(self) -> Tuple[Dict[int, int], Dict[int, int]]:
+        """(leader pid -> job id) of the shells not reaped yet, and (group id ->
+        job id) of every job not cleared, for `Orphans.scan`."""
+        leaders = {pid: ex.job.id for pid, ex in self._live.items() if not ex.exited}
+        groups = {pid: ex.job.id for pid, ex in self._live.items()}
+        return leaders, groups
+
+    # --- starting -------------------------------------------------------------
 
     def _spawn(self, command: bytes, env: Mapping[str, str], streams: JobStreams) -> int:
         """``posix_spawn``: the child execs the shell directly after ``setsid``,
@@ -185,8 +308,8 @@ class LocalLauncher:
         # Every fd of ours is close-on-exec (Python's default), so the child
         # keeps exactly 0, 1 and 2.
         return spawn(
-            self.shell, [self.shell, "-c", command], env, file_actions=actions,
-            setsid=True, setsigdef=RESTORED_SIGNALS,
+            self.shell, [self.shell, "-c", command], env,  # type: ignore[list-item]
+            file_actions=actions, setsid=True, setsigdef=RESTORED_SIGNALS,
         )
 
     def _popen(
@@ -211,19 +334,3 @@ class LocalLauncher:
             return f"cannot run the shell {self.shell}: {exc.strerror}"
         return f"{exc.strerror or exc}"
 
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of group `pgid` is still there."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def send_group(pgid: int, signum: int = signal.SIGKILL) -> None:
-    """Signal a process group that may already be gone."""
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,86 +1,164 @@
-"""What ended jobs left behind, until it is gone.
+"""A local job's processes: its process group, and what escaped it.
 
-A job ends when its shell exits; anything it started and did not wait for
-(``cmd &``, a DataLoader worker) is still in its process group and may still
-hold GPU memory. Those processes get SIGTERM at once, SIGKILL after the
-grace, and the job's GPUs go back only once the group is empty. They are not
-our children, so no exit event comes for them: `check` looks, and the loop
-calls it every `POLL` seconds while there are any, never otherwise.
+Every job runs in a session and process group of its own whose id is the
+job shell's pid, so one ``killpg`` reaches its children and grandchildren.
+Two things escape a group: a process that calls ``setsid`` (a daemonizing
+tool, ``setsid cmd &``), and, after the shell exits, the zombies of its
+children, which nobody reaps where init does not (containers, some VMs).
+
+So the scheduler makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``):
+orphans of our jobs are re-parented to us instead of to init. `Orphans`
+finds them among our children, tells which job each came from (its process
+group or session, else the ``SGS_JOB_ID`` in its environment), signals them
+with their job and reaps them when they exit.
+
+``kill(pgid, 0)`` answering EPERM means the group exists but changed uid (a
+setuid program): it is alive, not gone.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-
-from .local import group_alive, send_group
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Dict, Iterator, List, Optional, Tuple
+    from typing import Dict, Iterable, Optional, Set
 
-    from ..model.jobs import Job
-
-#: Seconds between looks while some group has processes left.
-POLL = 0.05
-#: After SIGKILL, how long to wait before giving the GPUs back anyway (a
-#: zombie that nobody reaps stays "alive" for ever).
-GIVE_UP = 1.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
-class Leftover:
-    """One ended job's process group, still on the job's GPUs."""
+def become_subreaper() -> bool:
+    """Make orphaned descendants our children; False where the kernel says no."""
+    try:
+        import ctypes  # only here: 1 ms of start-up, paid once per run
 
-    __slots__ = ("pgid", "job", "gpus", "kill_at", "killed_at")
-
-    def __init__(self, pgid: int, job: Job, gpus: Tuple[str, ...], kill_at: float) -> None:
-        self.pgid = pgid
-        self.job = job
-        self.gpus = gpus
-        self.kill_at = kill_at
-        self.killed_at: Optional[float] = None
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError, ImportError):
+        return False
 
 
-class Leftovers:
-    """The process groups of ended jobs that are not empty yet."""
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is still there (EPERM: it is)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def send_group(pgid: int, signum: int) -> None:
+    """Signal a process group that may already be gone."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stat_ids(pid: int) -> Optional[tuple]:
+    """(pgid, sid) of `pid` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[2]), int(fields[3])
+
+
+def _job_id_from_environ(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    for item in data.split(b"\0"):
+        if item.startswith(b"SGS_JOB_ID="):
+            try:
+                return int(item[11:])
+            except ValueError:
+                return None
+    return None
+
+
+class Orphans:
+    """Our children that are not job leaders: what our jobs left behind.
+
+    `scan` looks at ``/proc/self/task/<pid>/children`` (one small read: the
+    main thread starts every job, and orphans are re-parented to it), so the
+    check costs microseconds per job end.
+    """
 
     def __init__(self) -> None:
-        self._groups: Dict[int, Leftover] = {}
+        self._children_path = f"/proc/self/task/{os.getpid()}/children"
+        #: orphan pid -> the job id (leader pid) it belongs to, or None: unknown
+        self._owner: Dict[int, Optional[int]] = {}
+        self.enabled = False
 
-    def __bool__(self) -> bool:
-        return bool(self._groups)
+    def enable(self) -> None:
+        self.enabled = become_subreaper() and os.path.exists(self._children_path)
 
-    def __iter__(self) -> Iterator[Leftover]:
-        return iter(list(self._groups.values()))
+    def scan(self, leaders: Dict[int, int], job_of_pid: Dict[int, int]) -> None:
+        """Find new orphans and reap those that exited.
 
-    def add(self, pgid: int, job: Job, gpus: Tuple[str, ...], now: float, grace: float,
-            kill_now: bool = False) -> None:
-        """Terminate what is left of `job` (SIGKILL at once if `kill_now`)."""
-        left = Leftover(pgid, job, gpus, now + grace)
-        self._groups[pgid] = left
-        if kill_now:
-            self._kill(left, now)
-        else:
-            send_group(pgid, signal.SIGTERM)
+        `leaders` maps job leader pids to job ids (their pids are never
+        waited for here: the launcher reaps them); `job_of_pid` is the same
+        map by pgid/sid (a leader's pid is its group's and session's id).
+        """
+        if not self.enabled:
+            return
+        try:
+            with open(self._children_path, "rb") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            if pid in leaders or pid in self._owner:
+                continue
+            ids = _stat_ids(pid)
+            job = None
+            if ids is not None:
+                job = job_of_pid.get(ids[0], job_of_pid.get(ids[1]))
+            if job is None:
+                job = _job_id_from_environ(pid)
+            self._owner[pid] = job
+        self.reap()
 
-    def check(self, now: float) -> Tuple[List[Leftover], List[Leftover]]:
-        """Escalate what is due; returns the groups now gone, and those given
-        up on (still there a while after SIGKILL). Both are forgotten."""
-        gone: List[Leftover] = []
-        given_up: List[Leftover] = []
-        for left in list(self._groups.values()):
-            if not group_alive(left.pgid):
-                gone.append(self._groups.pop(left.pgid))
-            elif left.killed_at is None and now >= left.kill_at:
-                self._kill(left, now)
-            elif left.killed_at is not None and now - left.killed_at >= GIVE_UP:
-                given_up.append(self._groups.pop(left.pgid))
-        return gone, given_up
+    def reap(self) -> None:
+        for pid in list(self._owner):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                del self._owner[pid]
 
-    def kill_all(self, now: float) -> None:
-        for left in self._groups.values():
-            self._kill(left, now)
+    def of(self, job_id: int) -> Set[int]:
+        return {pid for pid, owner in self._owner.items() if owner == job_id}
 
-    def _kill(self, left: Leftover, now: float) -> None:
-        send_group(left.pgid, signal.SIGKILL)
-        if left.killed_at is None:
-            left.killed_at = now
+    def signal(self, job_id: int, signum: int) -> None:
+        """Signal what job `job_id` left outside its group: each orphan's own
+        group when it leads one (``setsid`` makes it so), else the orphan."""
+        for pid in self.of(job_id):
+            ids = _stat_ids(pid)
+            if ids is not None and ids[0] == pid:
+                send_group(pid, signum)
+            else:
+                send(pid, signum)
+
+    def kill_all(self, job_ids: Iterable[int]) -> None:
+        wanted = set(job_ids)
+        for pid, owner in list(self._owner.items()):
+            if owner in wanted or owner is None:
+                send(pid, signal.SIGKILL)

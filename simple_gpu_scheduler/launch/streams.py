@@ -13,15 +13,18 @@ from ..report.console import write_fd
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import IO, List, Optional, Tuple
+    from typing import IO, Callable, List, Optional, Tuple
 
 
 class TagPump:
     """Copy one job stream to `fd` line by line, each line with a prefix, in a
     helper thread; `join` and `finish` wait for the stream's end."""
 
-    def __init__(self, source: IO[bytes], fd: int, prefix: bytes) -> None:
+    def __init__(self, source: IO[bytes], fd: int, prefix: bytes,
+                 on_done: Optional[Callable[[], None]] = None) -> None:
         self._source = source
+        #: called from the copy's thread once the stream has ended
+        self._on_done = on_done
         self._fd = fd
         self._prefix = prefix
         self._done = threading.Lock()
@@ -58,6 +61,8 @@ class TagPump:
             pass  # the pipe went away under us: nothing left to copy
         finally:
             self._done.release()
+            if self._on_done is not None:
+                self._on_done()
 
 
 
@@ -75,10 +80,17 @@ class JobStreams:
         #: (read end, our fd, prefix) of every pipe to copy line by line
         self._copies = copies
 
-    def started(self) -> List[TagPump]:
-        """The child has its copies: close ours, start the line copies."""
+    @property
+    def copies(self) -> bool:
+        """Whether the job's output is copied by us (``--tag``, ``--progress``)."""
+        return bool(self._copies)
+
+    def started(self, on_done: Optional[Callable[[], None]] = None) -> List[TagPump]:
+        """The child has its copies: close ours, start the line copies
+        (`on_done` is called, from a copy's thread, as each one ends)."""
         self._close_child_ends()
-        return [TagPump(open(read, "rb"), fd, prefix) for read, fd, prefix in self._copies]
+        return [TagPump(open(read, "rb"), fd, prefix, on_done)
+                for read, fd, prefix in self._copies]
 
     def close(self) -> None:
         """The child never started: close everything."""

@@ -107,3 +107,8 @@ class Console:
         """Details for ``--verbose``."""
         if self.verbosity >= 1:
             self.line(text)
+
+    def say(self, text: str, level: int = 0) -> None:
+        """`line` (level 1), `info` (0) or `debug` (-1)."""
+        if self.verbosity >= -level:
+            self.line(text)
