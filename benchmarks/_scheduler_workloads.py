@@ -9,7 +9,6 @@ from _measure import MIB, idle_run, stream_run
 from _report import Section, Target, fmt, fmt_ratio, ratio, summarize
 from _workloads import Bench, check, rotated
 
-
 # --- W3: memory on a long stream, then SIGINT -----------------------------------------------
 
 

@@ -50,9 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import load_average, machine_lines, targets_section  # noqa: E402
 from _scheduler_workloads import w3_stream, w4_idle  # noqa: E402
 from _tools import ALL_TOOLS, ORIG_SPEC, discover, parse_tools  # noqa: E402
-from _workloads import (  # noqa: E402
-    Bench, Config, w1_throughput, w2_dispatch, w5_one_job, w6_features,
-)
+from _workloads import Bench, Config, w1_throughput, w2_dispatch, w5_one_job, w6_features  # noqa: E402
 
 WORKLOADS = {"W1": w1_throughput, "W2": w2_dispatch, "W3": w3_stream, "W4": w4_idle,
              "W5": w5_one_job, "W6": w6_features}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _thread
 import signal
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Any, Callable

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from .gpu_options import NO_GPUS, parse_gpu_ids, busy_limits, discover_all, usage_error, wants_all
+from .gpu_options import NO_GPUS, busy_limits, discover_all, parse_gpu_ids, usage_error, wants_all
 
 if TYPE_CHECKING:
     from ..report.console import Console

@@ -13,19 +13,24 @@ names such checks so the scheduler can say once that they are not made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
-
-from ..model.devices import GpuProcess, Usage
+from ..model.record import Record
 from ..model.units import format_size, parse_size
 
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Iterable, List, Optional, Sequence, Tuple
 
-@dataclass(frozen=True)
-class MemoryLimit:
+    from ..model.devices import GpuProcess, Usage
+
+
+class MemoryLimit(Record):
     """``--max-gpu-memory``: a fraction of the GPU's memory or a size in bytes."""
 
-    fraction: Optional[float] = None
-    size: Optional[int] = None
+    __slots__ = ("fraction", "size")
+
+    def __init__(self, fraction: Optional[float] = None, size: Optional[int] = None) -> None:
+        self.fraction = fraction
+        self.size = size
 
     def bytes_for(self, total: Optional[int]) -> Optional[int]:
         if self.size is not None:
@@ -61,26 +66,35 @@ def parse_memory_limit(text: str) -> MemoryLimit:
     return MemoryLimit(fraction=fraction)
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """When another user's work makes a GPU busy."""
 
-    memory: Optional[MemoryLimit] = None
-    #: Percent of utilization above which a GPU is busy.
-    util: Optional[float] = None
-    only_idle: bool = False
+    __slots__ = ("memory", "util", "only_idle")
+
+    def __init__(
+        self, memory: Optional[MemoryLimit] = None, util: Optional[float] = None,
+        only_idle: bool = False,
+    ) -> None:
+        self.memory = memory
+        #: Percent of utilization above which a GPU is busy.
+        self.util = util
+        self.only_idle = only_idle
 
     @property
     def active(self) -> bool:
         return self.memory is not None or self.util is not None or self.only_idle
 
 
-@dataclass(frozen=True)
-class Verdict:
-    #: Why the GPU is busy, or None when it may take a job.
-    busy: Optional[str] = None
-    #: Checks that could not be made on this GPU ("utilization", ...).
-    unmeasured: Tuple[str, ...] = ()
+class Verdict(Record):
+    """Whether one GPU may take a job, by the user's limits."""
+
+    __slots__ = ("busy", "unmeasured")
+
+    def __init__(self, busy: Optional[str] = None, unmeasured: Tuple[str, ...] = ()) -> None:
+        #: Why the GPU is busy, or None when it may take a job.
+        self.busy = busy
+        #: Checks that could not be made on this GPU ("utilization", ...).
+        self.unmeasured = unmeasured
 
 
 def others_memory(usage: Usage, others: Optional[Sequence[GpuProcess]], ours: int) -> Optional[int]:
@@ -109,7 +123,7 @@ def judge(
     for the whole GPU, so it is only judged while none of our jobs runs there:
     with one of ours running it is at least partly ours.
     """
-    unmeasured = []
+    unmeasured: List[str] = []
     if limits.memory is not None:
         limit = limits.memory.bytes_for(usage.mem_total)
         held = others_memory(usage, others, ours)

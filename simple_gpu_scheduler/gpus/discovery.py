@@ -9,13 +9,14 @@ is decided from their answers is pure and lives in `devices`.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from ..model.devices import Device, Discovery, GpuProcess, Usage
+from . import nvml, smi
 
-from . import nvml
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import smi
-from ..model.devices import Backend, Device, Discovery, GpuProcess, Usage
+    from ..model.devices import Backend
 
 _COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
 
@@ -88,8 +89,8 @@ class NvmlBackend:
 
     def _measured(self, device: Device, handle: object) -> Device:
         usage = self._usage(handle)
-        return replace(device, mem_total=usage.mem_total, mem_used=usage.mem_used,
-                       util=usage.util)
+        return device.replace(mem_total=usage.mem_total, mem_used=usage.mem_used,
+                              util=usage.util)
 
     def sample(self, devices: Sequence[Device]) -> Dict[str, Usage]:
         """Usage of each device, keyed by device id."""

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import os
 import time
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
-
     # A run that watches no hardware (``--gpus 0``, locks only) never loads
     # the device and busy modules: they are here for the hints alone.
-    from .busy import Limits
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
     from ..model.devices import Backend, Device, GpuProcess, Usage
     from ..model.jobs import Job
-    from .locks import GpuLocks
     from ..placement.pool import GpuPool
+    from .busy import Limits
+    from .locks import GpuLocks
 
     #: Our process groups: job leader pid -> its job (also while what an
     #: ended job left behind is being ended: still ours).

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import os
 import stat
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, Optional
@@ -54,7 +55,7 @@ class LockDirError(Exception):
 
 def lock_file_name(key: str) -> str:
     """``gpu-0.lock``, ``gpu-MIG-….lock``; other bytes are %-escaped."""
-    escaped = "".join(c if c in _SAFE else "%{:02X}".format(ord(c)) for c in key)
+    escaped = "".join(c if c in _SAFE else f"%{ord(c):02X}" for c in key)
     return f"gpu-{escaped}.lock"
 
 

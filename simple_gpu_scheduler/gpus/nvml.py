@@ -16,7 +16,10 @@ while another thread might still query it would only add a failure mode.
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 class Unavailable:

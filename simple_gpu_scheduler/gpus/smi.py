@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+
+from ..model.record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 #: What ``--query-gpu`` asks for, in this order.
 GPU_FIELDS = (
@@ -23,36 +27,45 @@ APP_FIELDS = ("gpu_uuid", "pid", "used_memory")
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class SmiGpu:
+class SmiGpu(Record):
     """One line of ``--query-gpu``."""
 
-    index: str
-    uuid: str
-    name: str
-    mem_total: Optional[int]
-    mem_used: Optional[int]
-    util: Optional[int]
-    #: "Default", "Exclusive_Process", "Prohibited", ...
-    compute_mode: str
-    mig: bool
+    __slots__ = ("index", "uuid", "name", "mem_total", "mem_used", "util", "compute_mode", "mig")
+
+    def __init__(
+        self, index: str, uuid: str, name: str, mem_total: Optional[int],
+        mem_used: Optional[int], util: Optional[int], compute_mode: str, mig: bool,
+    ) -> None:
+        self.index = index
+        self.uuid = uuid
+        self.name = name
+        self.mem_total = mem_total
+        self.mem_used = mem_used
+        self.util = util
+        #: "Default", "Exclusive_Process", "Prohibited", ...
+        self.compute_mode = compute_mode
+        self.mig = mig
 
 
-@dataclass(frozen=True)
-class SmiApp:
+class SmiApp(Record):
     """One line of ``--query-compute-apps``: a compute process on a GPU."""
 
-    gpu_uuid: str
-    pid: int
-    used: Optional[int]
+    __slots__ = ("gpu_uuid", "pid", "used")
+
+    def __init__(self, gpu_uuid: str, pid: int, used: Optional[int]) -> None:
+        self.gpu_uuid = gpu_uuid
+        self.pid = pid
+        self.used = used
 
 
-@dataclass(frozen=True)
-class SmiResult:
+class SmiResult(Record):
     """What one run of ``nvidia-smi`` printed, or why it could not run."""
 
-    out: str
-    error: Optional[str] = None
+    __slots__ = ("out", "error")
+
+    def __init__(self, out: str, error: Optional[str] = None) -> None:
+        self.out = out
+        self.error = error
 
 
 def _number(field: str, scale: int = 1) -> Optional[int]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .lines import RawCommand
 from ..model.jobs import Job
+from ..model.record import Record
 from ..model.units import parse_duration, parse_size
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+    from .lines import RawCommand
 
 #: Every key a line may have; only ``cmd`` is required.
 KEYS = ("cmd", "gpus", "mem", "on", "name", "priority", "env", "cwd", "timeout", "retries")
@@ -29,19 +33,28 @@ class SpecError(ValueError):
     """One problem with one line; the message is for the user."""
 
 
-@dataclass(frozen=True)
-class Defaults:
+class Defaults(Record):
     """What a line gets for the keys it leaves out (the command-line options)."""
 
-    gpus: int = 1
-    #: Other names of GPU ids for ``on`` (a UUID for the index "0", ...).
-    aliases: Mapping[str, str] = field(default_factory=dict)
-    #: ``--timeout`` and ``--retries``, for lines without ``timeout``/``retries``
-    timeout: Optional[float] = None
-    retries: int = 0
+    __slots__ = ("gpus", "aliases", "timeout", "retries")
+
+    def __init__(
+        self, gpus: int = 1, aliases: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None, retries: int = 0,
+    ) -> None:
+        self.gpus = gpus
+        #: Other names of GPU ids for ``on`` (a UUID for the index "0", ...).
+        self.aliases: Mapping[str, str] = {} if aliases is None else aliases
+        #: ``--timeout`` and ``--retries``, for lines without ``timeout``/``retries``
+        self.timeout = timeout
+        self.retries = retries
 
 
-def parse_job(seq: int, raw: RawCommand, defaults: Defaults = Defaults()) -> Job:
+#: The defaults without command-line options; built once, not per line.
+NO_OPTIONS = Defaults()
+
+
+def parse_job(seq: int, raw: RawCommand, defaults: Defaults = NO_OPTIONS) -> Job:
     """The job that input line `raw` describes; invalid (with why) if it is wrong."""
     where = f"input line {raw.line}" if raw.line else f"command {seq}"
     if raw.invalid:

@@ -14,28 +14,48 @@ instance (CUDA gives a process one MIG instance, named by UUID).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from .record import Record
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Record):
     """One schedulable device: a whole GPU or one MIG instance."""
 
-    #: What jobs get in CUDA_VISIBLE_DEVICES: "0", or "MIG-…" for a MIG instance.
-    id: str
-    #: NVML's index: "2" for a GPU, "2:1" for MIG instance 1 of GPU 2.
-    index: str
-    uuid: str
-    name: str
-    mem_total: Optional[int] = None
-    mem_used: Optional[int] = None
-    util: Optional[int] = None
-    #: Index of the GPU this MIG instance belongs to; None for a whole GPU.
-    mig_parent: Optional[str] = None
-    #: "default", "exclusive_process", "prohibited" or "unknown".
-    compute_mode: str = "default"
-    lost: bool = False
+    __slots__ = (
+        "id", "index", "uuid", "name", "mem_total", "mem_used", "util", "mig_parent",
+        "compute_mode", "lost",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        index: str,
+        uuid: str,
+        name: str,
+        mem_total: Optional[int] = None,
+        mem_used: Optional[int] = None,
+        util: Optional[int] = None,
+        mig_parent: Optional[str] = None,
+        compute_mode: str = "default",
+        lost: bool = False,
+    ) -> None:
+        #: What jobs get in CUDA_VISIBLE_DEVICES: "0", or "MIG-…" for a MIG instance.
+        self.id = id
+        #: NVML's index: "2" for a GPU, "2:1" for MIG instance 1 of GPU 2.
+        self.index = index
+        self.uuid = uuid
+        self.name = name
+        self.mem_total = mem_total
+        self.mem_used = mem_used
+        self.util = util
+        #: Index of the GPU this MIG instance belongs to; None for a whole GPU.
+        self.mig_parent = mig_parent
+        #: "default", "exclusive_process", "prohibited" or "unknown".
+        self.compute_mode = compute_mode
+        self.lost = lost
 
     @property
     def is_mig(self) -> bool:
@@ -47,57 +67,83 @@ class Device:
         return self.uuid if self.is_mig else self.index
 
 
-@dataclass(frozen=True)
-class GpuProcess:
+class GpuProcess(Record):
     """A compute process NVML or nvidia-smi sees on a device."""
 
-    pid: int
-    #: Bytes of GPU memory it holds, when the driver says.
-    used: Optional[int] = None
+    __slots__ = ("pid", "used")
+
+    def __init__(self, pid: int, used: Optional[int] = None) -> None:
+        self.pid = pid
+        #: Bytes of GPU memory it holds, when the driver says.
+        self.used = used
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(Record):
     """One device's usage at one moment; None where it cannot be measured."""
 
-    mem_total: Optional[int] = None
-    mem_used: Optional[int] = None
-    util: Optional[int] = None
-    processes: Optional[Tuple[GpuProcess, ...]] = None
-    #: Why the device cannot be used any more (NVML: "GPU is lost"), or None.
-    lost: Optional[str] = None
+    __slots__ = ("mem_total", "mem_used", "util", "processes", "lost")
+
+    def __init__(
+        self,
+        mem_total: Optional[int] = None,
+        mem_used: Optional[int] = None,
+        util: Optional[int] = None,
+        processes: Optional[Tuple[GpuProcess, ...]] = None,
+        lost: Optional[str] = None,
+    ) -> None:
+        self.mem_total = mem_total
+        self.mem_used = mem_used
+        self.util = util
+        self.processes = processes
+        #: Why the device cannot be used any more (NVML: "GPU is lost"), or None.
+        self.lost = lost
 
 
-@dataclass(frozen=True)
-class Discovery:
+class Discovery(Record):
     """What a backend found: usable devices, and those left out with the reason."""
 
-    source: str
-    devices: Tuple[Device, ...] = ()
-    left_out: Tuple[Tuple[Device, str], ...] = ()
-    #: Why nothing could be asked at all, or None.
-    error: Optional[str] = None
-    notes: Tuple[str, ...] = ()
+    __slots__ = ("source", "devices", "left_out", "error", "notes")
+
+    def __init__(
+        self,
+        source: str,
+        devices: Tuple[Device, ...] = (),
+        left_out: Tuple[Tuple[Device, str], ...] = (),
+        error: Optional[str] = None,
+        notes: Tuple[str, ...] = (),
+    ) -> None:
+        self.source = source
+        self.devices = devices
+        self.left_out = left_out
+        #: Why nothing could be asked at all, or None.
+        self.error = error
+        self.notes = notes
 
 
-class Backend(Protocol):
-    """What the scheduler needs from a backend (`NvmlBackend`, `SmiBackend`)."""
+if TYPE_CHECKING:
+    # A protocol for the checker only: the backends and the tests' fakes match
+    # it by shape, and at run time nothing needs the class (nor `typing`).
+    class Backend(Protocol):
+        """What the scheduler needs from a backend (`NvmlBackend`, `SmiBackend`)."""
 
-    source: str
+        source: str
 
-    def discover(self) -> Discovery: ...
+        def discover(self) -> Discovery: ...
 
-    def sample(self, devices: Sequence[Device]) -> Dict[str, Usage]: ...
-
+        def sample(self, devices: Sequence[Device]) -> Dict[str, Usage]: ...
 
 
 # --- pure decisions -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Selection:
-    devices: Tuple[Device, ...]
-    notes: Tuple[str, ...] = field(default_factory=tuple)
+class Selection(Record):
+    """The devices ``--gpus all`` means, and notes for the user about the choice."""
+
+    __slots__ = ("devices", "notes")
+
+    def __init__(self, devices: Tuple[Device, ...], notes: Tuple[str, ...] = ()) -> None:
+        self.devices = devices
+        self.notes = notes
 
 
 def _match(entry: str, devices: Sequence[Device]) -> List[Device]:
@@ -158,7 +204,7 @@ def select_visible(
                 "nvidia-smi numbers GPUs; set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA "
                 "programs agree")
     if order is not None and order != "PCI_BUS_ID":
-        chosen = [d if d.is_mig else replace(d, id=d.uuid) for d in chosen]
+        chosen = [d if d.is_mig else d.replace(id=d.uuid) for d in chosen]
     return Selection(tuple(chosen), tuple(notes))
 
 

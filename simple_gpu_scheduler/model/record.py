@@ -5,6 +5,11 @@ path avoid the imports that cost most: `dataclasses` (it imports `inspect`)
 and `typing.NamedTuple`. A record names its fields in ``__slots__``, writes
 its own typed ``__init__``, and gets equality, hashing, repr and `replace`
 from here.
+
+Records are values: code never assigns to a record's field after building it,
+it makes a changed copy with `replace`, so a record can be a dict key or a set
+member. That is a rule, not a check (frozen dataclasses check it with a
+``__setattr__`` that every ``__init__`` then has to go around).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class Record:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        return self._values() == other._values()
 
     def __hash__(self) -> int:
         return hash((type(self), self._values()))

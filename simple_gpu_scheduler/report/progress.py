@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+
 from . import console as output
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
