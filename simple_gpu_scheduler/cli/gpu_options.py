@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import argtypes
 from ..errors import UsageError
+from . import argtypes
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-    from ..gpus.gate import GpuGate
     from ..gpus.busy import Limits
+    from ..gpus.gate import GpuGate
     from ..model.devices import Device, Discovery
     from ..report.console import Console
 
@@ -138,8 +139,8 @@ def wants_all(values: Optional[Sequence[str]]) -> bool:
 
 def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"]]:
     """Backend, discovery and the devices ``all`` means here (usage error if none)."""
-    from ..model.devices import select_visible
     from ..gpus.discovery import open_backend
+    from ..model.devices import select_visible
 
     backend, found = open_backend()
     if backend is None:
@@ -207,8 +208,8 @@ def _resolve(
 ) -> Tuple[object, Dict[str, "Device"]]:
     """The hardware behind explicit ``--gpus`` ids. A usage error when busy
     checks need it; otherwise what cannot be found is simply unknown."""
-    from ..model.devices import resolve_ids
     from ..gpus.discovery import open_backend
+    from ..model.devices import resolve_ids
 
     backend, found = open_backend()
     if backend is None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import List, NoReturn, Optional, Sequence, Tuple
+    from typing import List, NoReturn, Optional, Tuple
 
     from ..launch.streams import OutputMode
     from ..report.console import Console
@@ -21,10 +22,8 @@ if TYPE_CHECKING:
     from .gpu_options import GpuPlan
 
 from .. import __version__
-
 from ..errors import ExitCode, UsageError
 from . import argtypes
-
 
 EXAMPLES = """\
 examples:
@@ -190,7 +189,9 @@ def open_joblog(
         writer = JobLogWriter(path, keep)
     except OSError as exc:
         raise UsageError(f"--joblog {path}: cannot write: {exc.strerror}") from None
-    resume_filter = ResumeFilter(rows, failed_too=resume_failed) if (resume or resume_failed) else None
+    resume_filter = None
+    if resume or resume_failed:
+        resume_filter = ResumeFilter(rows, failed_too=resume_failed)
     return writer, resume_filter
 
 
@@ -218,9 +219,9 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError(f"{flag} needs --joblog FILE to know what is done")
 
     # Imported here, after parsing, so `--help` and usage errors stay fast.
-    from .gpu_options import plan_gpus
     from ..launch.streams import LogDir, Passthrough, Tagged
     from ..report.console import Console
+    from .gpu_options import plan_gpus
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     if args.list_gpus:
@@ -234,7 +235,7 @@ def _main(argv: Optional[List[str]]) -> int:
             os.makedirs(args.log_dir, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--log-dir: cannot create {args.log_dir}: {exc.strerror}") from None
-        output = LogDir(args.log_dir)
+        output: OutputMode = LogDir(args.log_dir)
     elif args.tag or args.progress:
         # --progress redraws a line on the terminal: job output must come
         # through our line-wise writer so that it never tears a line.
@@ -288,7 +289,10 @@ def _run(
     if plan.gate is not None:
         from ..model.events import Notice
 
-        plan.gate.say = lambda text, level=0: loop.emit(Notice(text, level))
+        def say(text: str, level: int = 0) -> None:
+            loop.emit(Notice(text, level))
+
+        plan.gate.say = say
         if plan.gate.watches_hardware:
             from ..gpus.sampler import Sampler
 

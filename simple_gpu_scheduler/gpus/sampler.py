@@ -71,7 +71,7 @@ class Sampler:
                 samples = self._backend.sample(devices)
             except Exception:  # a backend bug must not kill the thread
                 samples = {}
-            self._deliver(lambda: self._done(answer, samples))
+            self._deliver(lambda a=answer, s=samples: self._done(a, s))  # type: ignore[misc]
 
     def _done(self, answer: Answer, samples: Dict[str, Usage]) -> None:
         # On the engine's thread: a new request may be made from `answer`.

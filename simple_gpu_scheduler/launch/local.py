@@ -307,9 +307,10 @@ class LocalLauncher:
         spawn = os.posix_spawn if "/" in self.shell else os.posix_spawnp
         # Every fd of ours is close-on-exec (Python's default), so the child
         # keeps exactly 0, 1 and 2.
+        argv: List[bytes] = [os.fsencode(self.shell), b"-c", command]
         return spawn(
-            self.shell, [self.shell, "-c", command], env,  # type: ignore[list-item]
-            file_actions=actions, setsid=True, setsigdef=RESTORED_SIGNALS,
+            self.shell, argv, env, file_actions=actions, setsid=True,
+            setsigdef=RESTORED_SIGNALS,
         )
 
     def _popen(

@@ -15,7 +15,7 @@ import threading
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import IO, Dict, FrozenSet, List, Optional, Tuple
+    from typing import Dict, FrozenSet, Optional, Tuple
 
 #: One lock per stream, so that lines never interleave inside a line; one
 #: lock per stream, not one for both, so that a slow reader of stdout (a job's

@@ -31,7 +31,7 @@ class ConsoleReport:
     def __init__(
         self, console: Console, joblog: Optional[JobLogWriter] = None,
         progress: Optional[ProgressLine] = None, resume_hint: Optional[str] = None,
-        status_width: Callable[[], Optional[int]] = lambda: 100,
+        status_width: Callable[[], Optional[int]] = lambda: None,
     ) -> None:
         self.console = console
         self.joblog = joblog
@@ -133,7 +133,8 @@ class ConsoleReport:
             self.console.debug(event.text)
 
     def _status(self, event: ev.StatusAsked) -> None:
-        for line in status_table(event.snapshot, width=self.status_width()):
+        width = self.status_width()
+        for line in status_table(event.snapshot, **({} if width is None else {'width': width})):
             self.console.line(line)
 
     def _progress(self, event: ev.Progress) -> None:
