@@ -1,14 +1,27 @@
-"""Shared helpers for the scheduler's tests: the installed command, polling,
-recording jobs and finding a job's processes through /proc.
+"""The one helper module of the tests: the installed commands, the scheduler's
+environment, running and starting it, polling with a deadline, a job's
+processes through /proc, the recording job, and the fake GPUs.
+
+Plain functions and classes only. The pytest fixtures built on them, and the
+session setup (the suite's own lock directory, ``SGS_LOCK_DIR``), are in
+``tests/conftest.py``, which also puts ``tests/`` on ``sys.path`` so that
+``from harness import ...`` works in ``tests/unit/`` and ``tests/integration/``.
 
 Integration tests run the real ``simple_gpu_scheduler`` console script with
 real processes; nothing about subprocess is mocked. Every wait is a poll with
 a deadline, so a hang fails a test instead of blocking the suite.
+
+Only the hardware is fake: `FakeMachine` writes the JSON file that the fake
+``pynvml`` (tests/fakes/pynvml.py, first on PYTHONPATH) and the fake
+``nvidia-smi`` (tests/fakes/nvidia-smi, first on PATH) read on every call, so
+a test changes what the GPUs show while a real scheduler process runs.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
+import json
 import os
 import random
 import re
@@ -17,15 +30,22 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union
+from typing import (
+    IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union,
+)
 
 import pytest
+
+if TYPE_CHECKING:
+    from simple_gpu_scheduler.report.joblog import Row
+
+#: The repository's root directory (where pyproject.toml and benchmarks/ are).
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Seconds any single scheduler run may take before the test fails.
 RUN_TIMEOUT = 30.0
@@ -33,43 +53,33 @@ RUN_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-# --- the installed command ------------------------------------------------------
+# --- the installed commands ------------------------------------------------------
 
 
-def _find_command() -> Optional[str]:
-    """The installed console script, looked up on PATH with this interpreter's own
+def find_command(name: str) -> Optional[str]:
+    """An installed console script, looked up on PATH with this interpreter's own
     bin directory first: it is the one `pip install -e .` wrote, and a pyenv shim
     found earlier on PATH would add ~0.1 s to each of the suite's ~150 runs."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return shutil.which("simple_gpu_scheduler", path=path)
+    return shutil.which(name, path=path)
 
 
-SGS = _find_command()
+#: The installed ``simple_gpu_scheduler`` (None if not installed: the
+#: ``sgs_command`` fixture then fails the test with the reason).
+SGS = find_command("simple_gpu_scheduler")
+#: The installed ``simple_hypersearch``.
+HYPERSEARCH = find_command("simple_hypersearch")
 
 
-@pytest.fixture(scope="session")
-def sgs_command() -> str:
-    if SGS is None:
-        pytest.fail(
-            "the simple_gpu_scheduler console script is not installed "
-            "(run `pip install -e .` in the repository root)")
-    return SGS
-
-
-#: A lock directory of our own (SGS_LOCK_DIR): the schedulers of this suite never
-#: wait for, or hold up, GPU locks of other suites or users running at the same time.
-LOCK_DIR = tempfile.mkdtemp(prefix="sgs-test-locks-")
-# Also for the tests that build their environment from os.environ themselves.
-os.environ["SGS_LOCK_DIR"] = LOCK_DIR
+# --- environments ---------------------------------------------------------------
 
 
 def child_env(extra: Optional[Dict[str, str]] = None, *, shell: Optional[str] = "/bin/sh"
               ) -> Dict[str, str]:
-    """The scheduler's environment: ours, without GPU variables that would leak into
-    assertions, with ``SHELL=/bin/sh`` (fast) unless `shell` is None (then unset),
-    and the suite's own GPU lock directory."""
+    """The scheduler's environment: ours (with the suite's own ``SGS_LOCK_DIR``,
+    set by conftest.py), without GPU variables that would leak into assertions,
+    with ``SHELL=/bin/sh`` (fast) unless `shell` is None (then unset)."""
     env = dict(os.environ)
-    env["SGS_LOCK_DIR"] = LOCK_DIR
     for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SGS_JOB_ID"):
         env.pop(name, None)
     if shell is None:
@@ -81,38 +91,118 @@ def child_env(extra: Optional[Dict[str, str]] = None, *, shell: Optional[str] = 
     return env
 
 
-def run_sgs(args: Sequence[str], input: bytes = b"", *, cwd: Optional[Path] = None,
+# --- running and starting the scheduler ----------------------------------------------
+
+
+def input_file(data: bytes, directory: Path) -> Path:
+    """`data` written to a new file in `directory`, to be the scheduler's stdin."""
+    path = directory / f"input-{time.monotonic_ns()}.txt"
+    path.write_bytes(data)
+    return path
+
+
+def run_sgs(args: Sequence[str], input: Union[bytes, str] = b"", *, cwd: Optional[Path] = None,
             env: Optional[Dict[str, str]] = None, timeout: float = RUN_TIMEOUT,
-            **kwargs: object) -> subprocess.CompletedProcess:
-    """Run the scheduler to its end with `input` on stdin; capture both streams."""
+            from_file: bool = False, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run the scheduler to its end with `input` on stdin; capture both streams.
+
+    `env` defaults to `child_env()`. With ``text=True`` (passed on to
+    `subprocess.run`) `input` and the captured streams are str. With
+    `from_file`, stdin is a regular file in `cwd` holding `input` (as in
+    ``simple_gpu_scheduler < jobs.txt``) and the scheduler runs in a session of
+    its own."""
     assert SGS is not None, "simple_gpu_scheduler is not installed"
-    return subprocess.run(
-        [SGS, *args], input=input, capture_output=True, cwd=cwd,
-        env=child_env() if env is None else env, timeout=timeout, **kwargs)
+    env = child_env() if env is None else env
+    if not from_file:
+        if kwargs.get("text") and input == b"":
+            input = ""
+        return subprocess.run([SGS, *args], input=input, capture_output=True, cwd=cwd,
+                              env=env, timeout=timeout, **kwargs)
+    assert cwd is not None and isinstance(input, bytes), "from_file needs cwd and bytes"
+    kwargs.setdefault("start_new_session", True)
+    with open(input_file(input, cwd), "rb") as handle:
+        return subprocess.run([SGS, *args], stdin=handle, capture_output=True, cwd=cwd,
+                              env=env, timeout=timeout, **kwargs)
+
+
+Target = Union[int, IO[Any], Path, None]
+
+
+def popen_sgs(args: Sequence[str], input: Optional[bytes] = None, *,
+              cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+              stdin: Target = subprocess.PIPE, stdout: Target = subprocess.PIPE,
+              stderr: Target = subprocess.PIPE, text: bool = False,
+              new_session: bool = True) -> subprocess.Popen:
+    """Start the scheduler in the background and return its `Popen`.
+
+    With `input`, stdin is a regular file in `cwd` holding it (the input ends at
+    once); otherwise `stdin` (a pipe by default: write to it with `send`).
+    `stdout` and `stderr` may be a `Path`: the stream then goes to that file,
+    which the test can poll. `env` defaults to `child_env()`; `new_session`
+    puts the scheduler in a session of its own, so a test can signal it alone."""
+    assert SGS is not None, "simple_gpu_scheduler is not installed"
+    opened: List[IO[Any]] = []
+
+    def target(value: Target, mode: str) -> Any:
+        if isinstance(value, Path):
+            opened.append(open(value, mode))
+            return opened[-1]
+        return value
+
+    try:
+        if input is not None:
+            assert cwd is not None, "input goes to a file in cwd"
+            stdin = input_file(input, cwd)
+        return subprocess.Popen(
+            [SGS, *args], stdin=target(stdin, "rb"), stdout=target(stdout, "wb"),
+            stderr=target(stderr, "wb"), cwd=cwd, env=child_env() if env is None else env,
+            text=text, start_new_session=new_session)
+    finally:
+        for handle in opened:
+            handle.close()
+
+
+def send(proc: subprocess.Popen, *commands: str) -> None:
+    """Write `commands`, one a line, to the scheduler's stdin pipe and flush."""
+    assert proc.stdin is not None
+    data = "".join(c + "\n" for c in commands)
+    proc.stdin.write(data if isinstance(proc.stdin, io.TextIOBase) else data.encode())
+    proc.stdin.flush()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Leave nothing running after a failed test: terminate (twice), then kill."""
+    if proc.returncode is not None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signum)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        proc.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass
 
 
 class Sgs:
-    """A scheduler running in the background, in a session of its own, so a test
-    can signal it alone. stderr goes to a file the test can poll."""
+    """A scheduler running in the background (`popen_sgs`), in a session of its own,
+    so a test can signal it alone. stdout and stderr go to files the test can poll,
+    unless given. The ``start_sgs`` fixture makes these and cleans up after them."""
 
     def __init__(self, args: Sequence[str], workdir: Path, *, stdin: object = subprocess.PIPE,
                  stdout: object = None, env: Optional[Dict[str, str]] = None,
                  stderr: object = None, new_session: bool = True) -> None:
-        assert SGS is not None, "simple_gpu_scheduler is not installed"
         self.stderr_path = workdir / f"sgs-stderr-{id(self)}.txt"
         self.stdout_path = workdir / f"sgs-stdout-{id(self)}.txt"
-        own_err = stderr is None
-        err = open(self.stderr_path, "wb") if own_err else stderr
-        out = open(self.stdout_path, "wb") if stdout is None else stdout
-        try:
-            self.proc = subprocess.Popen(
-                [SGS, *args], stdin=stdin, stdout=out, stderr=err, cwd=workdir,
-                env=child_env() if env is None else env, start_new_session=new_session)
-        finally:
-            if own_err:
-                err.close()  # type: ignore[union-attr]
-            if stdout is None:
-                out.close()  # type: ignore[union-attr]
+        self.proc = popen_sgs(
+            args, cwd=workdir, env=env, stdin=stdin,  # type: ignore[arg-type]
+            stdout=self.stdout_path if stdout is None else stdout,  # type: ignore[arg-type]
+            stderr=self.stderr_path if stderr is None else stderr,  # type: ignore[arg-type]
+            new_session=new_session)
 
     @property
     def pid(self) -> int:
@@ -152,26 +242,6 @@ class Sgs:
         return self.proc.poll() is None
 
 
-@pytest.fixture
-def start_sgs(tmp_path: Path) -> Iterable[Callable[..., Sgs]]:
-    """Start schedulers in the background; at teardown kill any still running
-    (by pid: only what this test started) and any job process left with a marker."""
-    started: List[Sgs] = []
-
-    def start(args: Sequence[str], **kwargs: object) -> Sgs:
-        sgs = Sgs(args, tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(sgs)
-        return sgs
-
-    yield start
-    for sgs in started:
-        if sgs.alive():
-            sgs.proc.kill()
-            sgs.proc.wait(5)
-        if sgs.proc.stdin is not None:
-            sgs.proc.stdin.close()
-
-
 # --- polling ---------------------------------------------------------------------
 
 
@@ -192,8 +262,24 @@ def poll_until(predicate: Callable[[], T], timeout: float = 10.0, *, interval: f
 
 
 def wait_for_file(path: Path, timeout: float = 10.0) -> Path:
+    """Poll until `path` exists; return it."""
     poll_until(path.exists, timeout, what=f"{path} to exist")
     return path
+
+
+def read_lines(path: Path) -> List[str]:
+    """The lines of `path`; none while it does not exist yet."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def rows_of(path: Path) -> List[Row]:
+    """The rows of the job log at `path`, which must read without a warning."""
+    # Imported here: the harness imports no package code until a test needs it.
+    from simple_gpu_scheduler.report.joblog import read_joblog
+
+    rows, warning, _ = read_joblog(str(path))
+    assert warning is None, warning
+    return rows
 
 
 # --- processes of a job tree ------------------------------------------------------
@@ -231,20 +317,6 @@ def live_pids(marker: str) -> List[int]:
         if needle in cmdline and _state(int(entry)) not in (None, "Z", "X"):
             found.append(int(entry))
     return found
-
-
-@pytest.fixture
-def markers() -> Iterable[List[str]]:
-    """Markers a test used in job commands; whatever still runs with one is
-    SIGKILLed at teardown, so a failing test never leaves 300 s sleeps behind."""
-    used: List[str] = []
-    yield used
-    for marker in used:
-        for pid in live_pids(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def no_signal_pending(pid: int) -> bool:
@@ -323,6 +395,7 @@ class Recorder:
         self.script.chmod(0o755)
 
     def command(self, label: str, seconds: float = 0.1) -> str:
+        """The job command that records `label`'s start and end around a sleep."""
         return f"{self.script} {label} {seconds}"
 
     def lines(self, label: str) -> List[List[str]]:
@@ -341,11 +414,6 @@ class Recorder:
 
     def all_records(self, labels: Iterable[str]) -> List[Record]:
         return [self.record(label) for label in labels]
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Recorder:
-    return Recorder(tmp_path)
 
 
 def max_concurrency_per_gpu(records: Iterable[Record]) -> Dict[str, int]:
@@ -371,7 +439,14 @@ def sgs_lines(stderr: str) -> List[str]:
     return [line[len("[sgs] "):] for line in stderr.splitlines() if line.startswith("[sgs] ")]
 
 
+#: One ``--progress`` status line (group 5 is "+" while the input is still open).
+PROGRESS_STATUS = re.compile(
+    r"done (\d+) \| failed (\d+) \| running (\d+) \| queued (\d+)(\+?) \| \d+:\d\d:\d\d"
+    r" \| [\d.]+/(?:s|min)(?: \| ETA (?:\d+:\d\d:\d\d|-))?")
+
+
 def started_ids(stderr: str) -> List[int]:
+    """The ids of the ``job N started`` lines, in order."""
     return [int(m) for m in re.findall(r"^\[sgs\] job (\d+) started", stderr, re.M)]
 
 
@@ -379,3 +454,85 @@ def not_started(stderr: str) -> Dict[int, str]:
     """job id -> command of every ``not started`` line."""
     return {int(i): text for i, text in
             re.findall(r"^\[sgs\] not started: job (\d+): (.*)$", stderr, re.M)}
+
+
+# --- the fake GPUs ----------------------------------------------------------------
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+GiB = 2**30
+
+
+def fake_gpu(n: int, **fields: Any) -> Dict[str, Any]:
+    """One fake GPU: 80 GiB, idle, no processes, unless told otherwise."""
+    gpu: Dict[str, Any] = {
+        "uuid": f"GPU-{n:08x}-1111-2222-3333-{n:012x}", "name": "Fake A100 80GB",
+        "memory_total": 80 * GiB, "util": 0, "processes": [],
+    }
+    gpu.update(fields)
+    return gpu
+
+
+def fake_mig(n: int, **fields: Any) -> Dict[str, Any]:
+    """One fake MIG instance of 40 GiB (for a fake GPU's ``mig`` list)."""
+    mig: Dict[str, Any] = {"uuid": f"MIG-{n:08x}-aaaa-bbbb-cccc-{n:012x}",
+                           "name": "Fake A100 MIG 3g.40gb", "memory_total": 40 * GiB,
+                           "processes": []}
+    mig.update(fields)
+    return mig
+
+
+class FakeMachine:
+    """The fake GPUs of one test, and what the fakes were asked."""
+
+    def __init__(self, root: Path, gpus: List[Dict[str, Any]], **top: Any) -> None:
+        self.root = root
+        self.path = root / "gpus.json"
+        self.log = root / "fake-calls.log"
+        self.locks = root / "locks"
+        self.state: Dict[str, Any] = {"gpus": gpus, **top}
+        self.write()
+
+    @property
+    def gpus(self) -> List[Dict[str, Any]]:
+        return self.state["gpus"]
+
+    def write(self) -> None:
+        # Atomic: a scheduler may read the file at any moment.
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path)
+
+    def env(self, route: str = "nvml", **extra: str) -> Dict[str, str]:
+        """The environment of a scheduler that finds the GPUs through `route`:
+        "nvml", "smi" (NVML fails, nvidia-smi works) or "none"."""
+        if route != "nvml" and self.state.get("nvml", True):
+            self.state["nvml"] = False
+            self.write()
+        env = child_env()
+        env.update(SGS_FAKE_GPUS=str(self.path), SGS_FAKE_LOG=str(self.log),
+                   PYTHONPATH=str(FAKES))
+        python_bin = str(Path(sys.executable).parent)
+        if route == "none":
+            # Only the tools jobs use: no nvidia-smi, even on a machine with one.
+            tools = self.root / "tools-bin"
+            tools.mkdir(exist_ok=True)
+            for tool in ("sh", "date", "sleep", "touch", "cat"):
+                found = shutil.which(tool)
+                if found and not (tools / tool).exists():
+                    (tools / tool).symlink_to(found)
+            env["PATH"] = str(tools)
+        else:
+            env["PATH"] = os.pathsep.join([str(FAKES), python_bin, env.get("PATH", "")])
+        env.update(extra)
+        return env
+
+    def calls(self, prefix: str = "") -> List[str]:
+        """The calls the fakes logged (``nvml NAME ...``, ``smi ARGS``) starting with `prefix`."""
+        if not self.log.exists():
+            return []
+        return [line for line in self.log.read_text().splitlines() if line.startswith(prefix)]
+
+    def samples(self) -> int:
+        """How many times usage was sampled (the process list is only asked then)."""
+        return len(self.calls("nvml nvmlDeviceGetComputeRunningProcesses")) + len(
+            self.calls("smi --query-compute-apps"))
