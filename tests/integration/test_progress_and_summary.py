@@ -1,8 +1,8 @@
-"""The end-of-run summary, the resume hint and ``--progress``.
+"""The end-of-run summary, the resume hint and ``--progress``, through the
+installed command with its stderr on a pseudo-terminal or on a pipe.
 
 The text of the status line and of the summary are pure functions of a
-`Snapshot` and are tested directly; the rest runs the installed command with
-its stderr on a pseudo-terminal or on a pipe.
+`Snapshot`, tested in unit/test_progress_and_summary_text.py.
 """
 
 from __future__ import annotations
@@ -18,147 +18,15 @@ import time
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-import pytest
-
-from file_runs import ENV, SCRIPT, run_sgs, start_sgs, stop, wait_for
+from harness import PROGRESS_STATUS as STATUS
+from harness import poll_until, popen_sgs, run_sgs, stop
 from simple_gpu_scheduler.report import progress
 from simple_gpu_scheduler.report.joblog import read_joblog
-from simple_gpu_scheduler.report.progress import (
-    ProgressLine, clock, progress_text, resume_command, summary_lines,
-)
-from simple_gpu_scheduler.model.snapshot import RunningView, Snapshot
-
-
-STATUS = re.compile(
-    r"done (\d+) \| failed (\d+) \| running (\d+) \| queued (\d+)(\+?) \| \d+:\d\d:\d\d"
-    r" \| [\d.]+/(?:s|min)(?: \| ETA (?:\d+:\d\d:\d\d|-))?")
-
-
-def snap(succeeded: int = 0, failed: int = 0, running: int = 0, queued: int = 0,
-         not_started: int = 0, skipped: int = 0, input_open: bool = False,
-         elapsed: float = 60.0) -> Snapshot:
-    views = tuple(RunningView(i, ("0",), 1.0, "cmd") for i in range(running))
-    return Snapshot(running=views, queued=queued, succeeded=succeeded, failed=failed,
-                    not_started=not_started, skipped=skipped, input_open=input_open,
-                    elapsed=elapsed)
-
-
 
 
 def sgs_lines(stderr: bytes) -> List[str]:
     return [x[len("[sgs] "):] for x in stderr.decode("utf-8", "replace").splitlines()
             if x.startswith("[sgs] ")]
-
-
-# ---------------------------------------------------------------- pure: the line
-
-
-def test_clock() -> None:
-    assert [clock(s) for s in (0, 59.9, 61, 3600, 86400 + 5)] == [
-        "0:00:00", "0:00:59", "0:01:01", "1:00:00", "24:00:05"]
-
-
-def test_progress_text_while_input_is_open_has_no_eta() -> None:
-    text = progress_text(snap(succeeded=12, failed=1, running=4, queued=8, input_open=True,
-                              elapsed=190))
-    assert text == "done 12 | failed 1 | running 4 | queued 8+ | 0:03:10 | 4.1/min"
-
-
-def test_progress_text_once_input_ended_has_an_eta() -> None:
-    # 13 done in 190 s; 12 left at that rate take 175 s.
-    text = progress_text(snap(succeeded=12, failed=1, running=4, queued=8, elapsed=190))
-    assert text == "done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 4.1/min | ETA 0:02:55"
-
-
-def test_progress_text_fast_rate_in_per_second() -> None:
-    text = progress_text(snap(succeeded=30, elapsed=10))
-    assert text == "done 30 | failed 0 | running 0 | queued 0 | 0:00:10 | 3.00/s | ETA -"
-
-
-def test_progress_text_before_anything_finished() -> None:
-    assert progress_text(snap(running=2, queued=3, elapsed=0)) == (
-        "done 0 | failed 0 | running 2 | queued 3 | 0:00:00 | 0.0/min | ETA -")
-    assert STATUS.fullmatch(progress_text(snap(running=2, queued=3, elapsed=0)))
-
-
-# ---------------------------------------------------------------- pure: the summary
-
-
-def test_summary_all_succeeded_has_no_hint() -> None:
-    lines = summary_lines(snap(succeeded=3, elapsed=65), [], "simple_gpu_scheduler x")
-    assert lines == ["done in 0:01:05: 3 of 3 succeeded, 0 failed, 0 not started"]
-
-
-def test_summary_with_failures_names_them_and_gives_the_hint() -> None:
-    lines = summary_lines(snap(succeeded=40, failed=1, not_started=1, skipped=5, elapsed=724),
-                          [17], "simple_gpu_scheduler --gpus 0,1 --joblog j --resume-failed")
-    assert lines == [
-        "done in 0:12:04: 40 of 42 succeeded, 1 failed, 1 not started; "
-        "5 skipped as done in the job log",
-        "failed jobs: 17",
-        "to run what did not succeed, feed the same input to: "
-        "simple_gpu_scheduler --gpus 0,1 --joblog j --resume-failed",
-    ]
-
-
-def test_summary_without_joblog_has_no_hint() -> None:
-    lines = summary_lines(snap(failed=1), [1], None)
-    assert not any("feed the same input" in x for x in lines)
-
-
-def test_summary_lists_at_most_50_failed_ids() -> None:
-    lines = summary_lines(snap(failed=60), list(range(1, 61)), None)
-    assert lines[1] == "failed jobs: " + ", ".join(map(str, range(1, 51))) + " and 10 more"
-
-
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["--gpus", "0,1", "--joblog", "sweep.log"],
-         "simple_gpu_scheduler --gpus 0,1 --joblog sweep.log --resume-failed"),
-        (["--gpus", "0", "--joblog", "my log's.tsv", "--resume"],
-         "simple_gpu_scheduler --gpus 0 --joblog 'my log'\"'\"'s.tsv' --resume-failed"),
-        (["--resume-failed", "--gpus", "0", "--joblog=j.log", "--retries", "2"],
-         "simple_gpu_scheduler --gpus 0 --joblog=j.log --retries 2 --resume-failed"),
-    ],
-)
-def test_resume_command(argv: List[str], expected: str) -> None:
-    assert resume_command(argv) == expected
-
-
-# ---------------------------------------------------------------- pure-ish: plain lines
-
-
-def test_plain_progress_lines_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
-    read_end, write_end = os.pipe()
-    try:
-        line = ProgressLine(tty=False, fd=write_end)
-        line.show(snap(running=1, queued=3, input_open=True))
-        now[0] += 1
-        line.show(snap(succeeded=1, running=1, queued=2, input_open=True))  # too soon
-        now[0] += progress.PLAIN_EVERY
-        line.show(snap(succeeded=1, running=1, queued=2, input_open=True, elapsed=99))
-        now[0] += progress.PLAIN_EVERY
-        line.show(snap(succeeded=1, running=1, queued=2, input_open=True, elapsed=200))  # same
-        line.show(snap(succeeded=1, running=1, queued=2), force=True)
-        line.close()
-        os.close(write_end)
-        write_end = -1
-        with os.fdopen(read_end, "rb") as reader:
-            read_end = -1
-            out = reader.read().decode()
-    finally:
-        for fd in (read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
-    lines = out.splitlines()
-    assert len(lines) == 3 and "\r" not in out and "\x1b" not in out
-    assert all(x.startswith("[sgs] progress: ") for x in lines)
-    assert lines[0].startswith("[sgs] progress: done 0 | failed 0 | running 1 | queued 3+")
-    assert lines[1].startswith("[sgs] progress: done 1 | failed 0 | running 1 | queued 2+")
-    assert " | ETA " in lines[2] and "queued 2 |" in lines[2]
 
 
 # ---------------------------------------------------------------- the summary, for real
@@ -168,7 +36,7 @@ def test_summary_and_resume_hint_that_works(tmp_path: Path) -> None:
     log = tmp_path / "my job log.tsv"
     commands = b"true\ntest -e fixed\necho 3 >> ran\ntest -e fixed2\n"
     args = ["--gpus", "0", "--joblog", str(log)]
-    first = run_sgs(args, commands, tmp_path)
+    first = run_sgs(args, commands, cwd=tmp_path, from_file=True)
     assert first.returncode == 1
     said = sgs_lines(first.stderr)
     summary = said[-3:]
@@ -183,7 +51,7 @@ def test_summary_and_resume_hint_that_works(tmp_path: Path) -> None:
     # The hint, run as it is with the same input, runs exactly what failed.
     (tmp_path / "fixed").touch()
     (tmp_path / "fixed2").touch()
-    second = run_sgs(hint[1:], commands, tmp_path, script=SCRIPT or "")
+    second = run_sgs(hint[1:], commands, cwd=tmp_path, from_file=True)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "ran").read_text() == "3\n"
     (last,) = [x for x in sgs_lines(second.stderr) if x.startswith("done in")]
@@ -195,10 +63,10 @@ def test_summary_and_resume_hint_that_works(tmp_path: Path) -> None:
 
 def test_summary_counts_not_started_after_a_drain(tmp_path: Path) -> None:
     started = tmp_path / "started"
-    proc = start_sgs(["--gpus", "0", "--joblog", "j.log"],
-                     f"touch '{started}'; sleep 0.3\nexit 0\ntrue\n".encode(), tmp_path)
+    proc = popen_sgs(["--gpus", "0", "--joblog", "j.log"],
+                     f"touch '{started}'; sleep 0.3\nexit 0\ntrue\n".encode(), cwd=tmp_path)
     try:
-        wait_for(started.exists, what="job 1 to start")
+        poll_until(started.exists, what="job 1 to start", timeout=15)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     finally:
@@ -212,14 +80,15 @@ def test_summary_counts_not_started_after_a_drain(tmp_path: Path) -> None:
 
 
 def test_summary_of_a_clean_run_has_no_hint_and_quiet_hides_it(tmp_path: Path) -> None:
-    done = run_sgs(["--gpus", "0", "--joblog", "j.log"], b"true\ntrue\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--joblog", "j.log"], b"true\ntrue\n", cwd=tmp_path,
+                   from_file=True)
     assert done.returncode == 0
     said = sgs_lines(done.stderr)
     assert said[-1].endswith("2 of 2 succeeded, 0 failed, 0 not started")
     assert not any("feed the same input" in x for x in said)
-    quiet = run_sgs(["--gpus", "0", "-q"], b"true\n", tmp_path)
+    quiet = run_sgs(["--gpus", "0", "-q"], b"true\n", cwd=tmp_path, from_file=True)
     assert quiet.returncode == 0 and quiet.stderr == b""
-    quiet_failed = run_sgs(["--gpus", "0", "-q"], b"exit 2\n", tmp_path)
+    quiet_failed = run_sgs(["--gpus", "0", "-q"], b"exit 2\n", cwd=tmp_path, from_file=True)
     assert "0 of 1 succeeded, 1 failed" in quiet_failed.stderr.decode()
 
 
@@ -238,14 +107,10 @@ def run_on_pty(args: Sequence[str], stdin: bytes, cwd: Path, timeout: float = 20
                stdout_too: bool = False) -> Tuple[int, bytes, bytes]:
     """Run with stderr (and stdout) on a pseudo-terminal; returns (status, stdout, what the
     terminal got)."""
-    source = cwd / "input.txt"
-    source.write_bytes(stdin)
     master, slave = pty.openpty()
     try:
-        with open(source, "rb") as handle:
-            proc = subprocess.Popen([SCRIPT or "", *args], stdin=handle,
-                                    stdout=slave if stdout_too else subprocess.PIPE,
-                                    stderr=slave, cwd=cwd, env=ENV, start_new_session=True)
+        proc = popen_sgs(args, stdin, cwd=cwd, stdout=slave if stdout_too else subprocess.PIPE,
+                         stderr=slave)
     finally:
         os.close(slave)
     screen = bytearray()
@@ -343,7 +208,8 @@ def test_progress_with_log_dir_sends_output_to_files(tmp_path: Path) -> None:
 def test_progress_on_a_pipe_prints_plain_lines_rarely(tmp_path: Path) -> None:
     jobs = [_job(i) for i in range(1, 7)]
     begin = time.monotonic()
-    done = run_sgs(["--gpus", "0,1", "--progress"], "\n".join(jobs).encode(), tmp_path)
+    done = run_sgs(["--gpus", "0,1", "--progress"], "\n".join(jobs).encode(), cwd=tmp_path,
+                   from_file=True)
     elapsed = time.monotonic() - begin
     assert done.returncode == 0, done.stderr
     err = done.stderr.decode()

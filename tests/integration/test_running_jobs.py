@@ -17,7 +17,7 @@ import pytest
 
 from simple_gpu_scheduler.input.lines import MAX_COMMAND_BYTES
 
-from conftest import (
+from harness import (
     Recorder, Sgs, child_env, cpu_seconds, live_pids, max_concurrency_per_gpu, poll_until,
     run_sgs, started_ids, unique_sleep, wait_for_file, wakeups,
 )

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import REPO_ROOT as ROOT
+
 SCRIPT = ROOT / "benchmarks" / "run.py"
 HEADINGS = {
     "W1": "## W1 throughput",

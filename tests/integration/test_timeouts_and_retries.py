@@ -1,7 +1,7 @@
 """--timeout, --retries and --halt-on-failure, through the installed command.
 
-Durations are parsed by a pure function (tested directly); everything else
-runs real jobs on made-up GPU ids and checks the job log, the marks the jobs
+Durations are parsed by a pure function (tested in unit/test_timeout_durations.py);
+everything else runs real jobs on made-up GPU ids and checks the job log, the marks the jobs
 leave in files, the scheduler's lines and its exit status.
 """
 
@@ -16,8 +16,7 @@ from typing import List
 
 import pytest
 
-from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
-from simple_gpu_scheduler.model.units import parse_duration
+from harness import live_pids, poll_until, popen_sgs, rows_of, run_sgs, stop
 
 
 
@@ -28,8 +27,8 @@ from simple_gpu_scheduler.model.units import parse_duration
 
 
 
-def kill_all(marker: bytes) -> None:
-    for pid in processes_with(marker):
+def kill_all(marker: str) -> None:
+    for pid in live_pids(marker):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -50,29 +49,11 @@ def wait_until_exists(path: Path) -> str:
     return f"i=0; while [ ! -e '{path}' ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done"
 
 
-# ---------------------------------------------------------------- durations
-
-
-@pytest.mark.parametrize(
-    "text, seconds",
-    [("90", 90), ("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1.5h", 5400),
-     ("0.5", 0.5), (".5s", 0.5), (" 2H ", 7200)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "s", "10x", "1w", "-5", "0", "0s", "1h30m", "ten", "nan",
-                                  "inf", "1e3", "5 m s"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(text)
-
-
 @pytest.mark.parametrize("bad", ["10x", "0", "-5", "", "2 hours"])
 def test_malformed_timeout_is_a_usage_error(tmp_path: Path, bad: str) -> None:
     marker = tmp_path / "ran"
-    done = run_sgs(["--gpus", "0", f"--timeout={bad}"], f"touch '{marker}'\n".encode(), tmp_path)
+    done = run_sgs(["--gpus", "0", f"--timeout={bad}"], f"touch '{marker}'\n".encode(),
+                   cwd=tmp_path, from_file=True)
     assert done.returncode == 2
     (line,) = lines(done.stderr)
     assert "--timeout" in line and "duration" in line
@@ -81,19 +62,20 @@ def test_malformed_timeout_is_a_usage_error(tmp_path: Path, bad: str) -> None:
 
 @pytest.mark.parametrize("bad", ["-1", "two", "1.5"])
 def test_malformed_retries_is_a_usage_error(tmp_path: Path, bad: str) -> None:
-    done = run_sgs(["--gpus", "0", f"--retries={bad}"], b"true\n", tmp_path)
+    done = run_sgs(["--gpus", "0", f"--retries={bad}"], b"true\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 2 and b"--retries" in done.stderr
 
 
 def test_halt_on_failure_accepts_only_soon_and_now(tmp_path: Path) -> None:
-    done = run_sgs(["--gpus", "0", "--halt-on-failure", "later"], b"true\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--halt-on-failure", "later"], b"true\n", cwd=tmp_path,
+                   from_file=True)
     assert done.returncode == 2 and b"--halt-on-failure" in done.stderr
 
 
 def test_a_job_within_its_timeout_is_untouched(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     done = run_sgs(["--gpus", "0", "--timeout", "1d", "--joblog", str(log)],
-                   b"sleep 0.1; echo ok > out\n", tmp_path)
+                   b"sleep 0.1; echo ok > out\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out").read_text() == "ok\n"
     assert [(r.exitval, r.signal) for r in rows_of(log)] == [(0, 0)]
@@ -112,7 +94,7 @@ def test_a_job_within_its_timeout_is_untouched(tmp_path: Path) -> None:
 def test_a_huge_but_valid_duration_does_not_crash_the_scheduler(
     tmp_path: Path, args: List[str], command: str
 ) -> None:
-    done = run_sgs(["--gpus", "0", *args], command.encode(), tmp_path)
+    done = run_sgs(["--gpus", "0", *args], command.encode(), cwd=tmp_path, from_file=True)
     assert b"Traceback" not in done.stderr, done.stderr.decode()
     assert (tmp_path / "out").read_text() == "ok\n"
     assert done.returncode in (0, 1)
@@ -124,18 +106,18 @@ def test_a_huge_but_valid_duration_does_not_crash_the_scheduler(
 def test_timeout_kills_the_whole_tree_and_frees_the_gpu(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     arg = unique_sleep()
-    marker = arg.encode()
+    marker = arg
     second = tmp_path / "second"
     commands = f"sh -c 'sleep {arg} & sleep {arg}'\necho $CUDA_VISIBLE_DEVICES > '{second}'\n"
     try:
         begin = time.monotonic()
         done = run_sgs(["--gpus", "0", "--timeout", "1", "--kill-grace", "1", "--joblog", str(log)],
-                       commands.encode(), tmp_path)
+                       commands.encode(), cwd=tmp_path, from_file=True)
         elapsed = time.monotonic() - begin
         assert done.returncode == 1, done.stderr
         assert elapsed < 10
         assert second.read_text() == "0\n"  # the next job got the GPU
-        wait_for(lambda: not processes_with(marker), timeout=5, what="the grandchildren to die")
+        poll_until(lambda: not live_pids(marker), timeout=5, what="the grandchildren to die")
     finally:
         kill_all(marker)
     first, nxt = rows_of(log)
@@ -150,13 +132,13 @@ def test_timeout_kills_the_whole_tree_and_frees_the_gpu(tmp_path: Path) -> None:
 def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     arg = unique_sleep()
-    marker = arg.encode()
+    marker = arg
     try:
         done = run_sgs(
             ["--gpus", "0", "--timeout", "0.5", "--kill-grace", "0.5", "--joblog", str(log)],
-            f"trap '' TERM; sleep {arg}; true\n".encode(), tmp_path)
+            f"trap '' TERM; sleep {arg}; true\n".encode(), cwd=tmp_path, from_file=True)
         assert done.returncode == 1, done.stderr
-        wait_for(lambda: not processes_with(marker), timeout=5, what="the job to die")
+        poll_until(lambda: not live_pids(marker), timeout=5, what="the job to die")
     finally:
         kill_all(marker)
     (row,) = rows_of(log)
@@ -177,9 +159,9 @@ def test_a_job_that_exits_before_its_deadline_did_not_time_out(
     try:
         done = run_sgs(["--gpus", "0", "--timeout", "0.6", "--kill-grace", "1", *output,
                         "--joblog", str(log)], f"sleep 0.3; sleep {arg} & exit 0\n".encode(),
-                       tmp_path)
+                       cwd=tmp_path, from_file=True)
     finally:
-        kill_all(arg.encode())
+        kill_all(arg)
     assert [(r.exitval, r.signal) for r in rows_of(log)] == [(0, 0)], done.stderr.decode()
     assert done.returncode == 0
     assert "timed out" not in done.stderr.decode()
@@ -190,9 +172,10 @@ def test_timed_out_attempts_are_retried_each_with_its_own_row(tmp_path: Path) ->
     arg = unique_sleep()
     try:
         done = run_sgs(["--gpus", "0", "--timeout", "0.3", "--kill-grace", "1", "--retries", "1",
-                        "--joblog", str(log)], f"sleep {arg}\n".encode(), tmp_path)
+                        "--joblog", str(log)], f"sleep {arg}\n".encode(), cwd=tmp_path,
+                       from_file=True)
     finally:
-        kill_all(arg.encode())
+        kill_all(arg)
     assert done.returncode == 1
     assert [(r.seq, r.exitval, r.signal) for r in rows_of(log)] == [(1, -1, 15)] * 2
     assert "will retry" in done.stderr.decode()
@@ -208,7 +191,7 @@ def test_retries_land_as_separate_rows_and_go_to_the_front(tmp_path: Path) -> No
              "echo 1 >> order; [ $n -ge 3 ]")
     commands = f"{flaky}\necho 2 >> order; exit 3\necho 3 >> order\n"
     done = run_sgs(["--gpus", "0", "--retries", "2", "--joblog", str(log)], commands.encode(),
-                   tmp_path)
+                   cwd=tmp_path, from_file=True)
     assert done.returncode == 1
     # A retry goes before the queued jobs.
     assert (tmp_path / "order").read_text().split() == ["1", "1", "1", "2", "2", "2", "3"]
@@ -230,7 +213,7 @@ def test_retry_runs_on_whichever_gpu_is_free(tmp_path: Path) -> None:
                 f"if [ -e tried ]; then echo $CUDA_VISIBLE_DEVICES > second; "
                 f"else touch tried; {wait_until_exists(one)}; sleep 0.3; exit 1; fi\n")
     done = run_sgs(["--gpus", "a,b", "--retries", "1", "--joblog", str(log)], commands.encode(),
-                   tmp_path)
+                   cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     rows = rows_of(log)
     retried = [r for r in rows if r.seq == 2]
@@ -240,7 +223,7 @@ def test_retry_runs_on_whichever_gpu_is_free(tmp_path: Path) -> None:
 
 def test_retries_zero_means_one_attempt(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
-    done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"exit 1\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"exit 1\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 1
     assert len(rows_of(log)) == 1 and b"will retry" not in done.stderr
 
@@ -257,7 +240,7 @@ def test_halt_soon_drains(tmp_path: Path) -> None:
         "touch ran3", "touch ran4", "touch ran5",
     ]
     done = run_sgs(["--gpus", "0,1", "--halt-on-failure", "soon", "--joblog", str(log)],
-                   "\n".join(commands).encode(), tmp_path)
+                   "\n".join(commands).encode(), cwd=tmp_path, from_file=True)
     assert done.returncode == 1, done.stderr
     assert (tmp_path / "done2").exists()  # the running job finished
     assert not any((tmp_path / f"ran{i}").exists() for i in (3, 4, 5))
@@ -282,11 +265,11 @@ def test_halt_now_terminates_running_jobs(tmp_path: Path) -> None:
     try:
         begin = time.monotonic()
         done = run_sgs(["--gpus", "0,1", "--halt-on-failure", "now", "--joblog", str(log)],
-                       "\n".join(commands).encode(), tmp_path)
+                       "\n".join(commands).encode(), cwd=tmp_path, from_file=True)
         assert time.monotonic() - begin < 8  # well before the 10 s kill grace
-        wait_for(lambda: not processes_with(arg.encode()), timeout=5, what="job 2 to die")
+        poll_until(lambda: not live_pids(arg), timeout=5, what="job 2 to die")
     finally:
-        kill_all(arg.encode())
+        kill_all(arg)
     assert done.returncode == 1, done.stderr
     assert not (tmp_path / "done2").exists() and not (tmp_path / "ran3").exists()
     assert [(r.seq, r.exitval, r.signal) for r in rows_of(log)] == [(1, 1, 0), (2, -1, 15)]
@@ -299,7 +282,7 @@ def test_halt_waits_for_the_last_retry(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     commands = b"echo x >> tries; exit 1\ntouch ran2\n"
     done = run_sgs(["--gpus", "0", "--retries", "2", "--halt-on-failure", "soon",
-                    "--joblog", str(log)], commands, tmp_path)
+                    "--joblog", str(log)], commands, cwd=tmp_path, from_file=True)
     assert done.returncode == 1
     assert (tmp_path / "tries").read_text().split() == ["x", "x", "x"]
     assert not (tmp_path / "ran2").exists()
@@ -308,10 +291,10 @@ def test_halt_waits_for_the_last_retry(tmp_path: Path) -> None:
 
 def test_a_stop_signal_sets_exit_status_128_plus_signal(tmp_path: Path) -> None:
     marker = tmp_path / "started"
-    proc = start_sgs(["--gpus", "0"], f"touch '{marker}'; sleep 0.3\ntouch ran2\n".encode(),
-                     tmp_path)
+    proc = popen_sgs(["--gpus", "0"], f"touch '{marker}'; sleep 0.3\ntouch ran2\n".encode(),
+                     cwd=tmp_path)
     try:
-        wait_for(marker.exists, what="job 1 to start")
+        poll_until(marker.exists, what="job 1 to start", timeout=15)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     finally:

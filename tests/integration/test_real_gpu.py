@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpu_fakes import run
+from harness import run_sgs
 
 JOB = r"""
 import ctypes, sys
@@ -62,8 +62,8 @@ def test_a_job_given_gpu_0_sees_exactly_that_device(tmp_path: Path) -> None:
            if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    result = run(["--gpus", "0", "--lock-dir", str(tmp_path / "locks")], env=env,
-                 input=f"{sys.executable} {script}\n", timeout=120)
+    result = run_sgs(["--gpus", "0", "--lock-dir", str(tmp_path / "locks")], env=env,
+                     input=f"{sys.executable} {script}\n", timeout=120, text=True)
     print("scheduler stderr:", result.stderr)
     print("job saw:", result.stdout.strip(), "| NVML index 0:", expected)
     assert result.returncode == 0, result.stderr
@@ -78,7 +78,7 @@ def test_discovery_on_real_hardware_lists_gpu_0(tmp_path: Path) -> None:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    result = run(["--list-gpus", "--max-gpu-memory", "0.5"], env=env, timeout=120)
+    result = run_sgs(["--list-gpus", "--max-gpu-memory", "0.5"], env=env, timeout=120, text=True)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:]]

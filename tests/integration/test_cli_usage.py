@@ -1,5 +1,6 @@
 """The command line through the installed command: usage errors (exit 2, one
-line), --help, --version, ``python -m`` and how --gpus is read."""
+line), --help, --version, ``python -m`` and how --gpus is read
+(the parsing itself is tested in unit/test_gpu_ids.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from typing import List
 import pytest
 
 from simple_gpu_scheduler import __version__
-from simple_gpu_scheduler.cli.gpu_options import parse_gpu_ids
-from simple_gpu_scheduler.errors import UsageError
 
-from conftest import RUN_TIMEOUT, child_env, run_sgs
+from harness import RUN_TIMEOUT, child_env, run_sgs
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -120,26 +119,7 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
     assert_usage_error(usage, "--gpus", "twice")
 
 
-# --- how --gpus is read (pure) ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("values, ids", [
-    (["0,1,2"], ("0", "1", "2")),
-    (["0", "1", "2"], ("0", "1", "2")),
-    (["0,1", "2"], ("0", "1", "2")),
-    (["3,1"], ("3", "1")),
-    (["GPU-8a1b2c3d-aaaa-bbbb-cccc-0123456789ab"], ("GPU-8a1b2c3d-aaaa-bbbb-cccc-0123456789ab",)),
-    (["MIG-GPU-8a1b2c3d/1/0,MIG-GPU-8a1b2c3d/2/0"],
-     ("MIG-GPU-8a1b2c3d/1/0", "MIG-GPU-8a1b2c3d/2/0")),
-])
-def test_parse_gpu_ids(values: List[str], ids: tuple) -> None:
-    assert parse_gpu_ids(values) == ids
-
-
-@pytest.mark.parametrize("values", [[""], ["0,"], [",0"], ["0", ""], ["0,0"], ["1", "1"]])
-def test_parse_gpu_ids_rejects(values: List[str]) -> None:
-    with pytest.raises(UsageError):
-        parse_gpu_ids(values)
+# --- how --gpus is read -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("gpus", [["0,1,2"], ["0", "1", "2"], ["0,1", "2"]])

@@ -16,7 +16,7 @@ from typing import List
 
 import pytest
 
-from conftest import (
+from harness import (
     Sgs, live_pids, no_signal_pending, not_started, pipe_bytes, poll_until, started_ids,
     unique_sleep, wait_for_file,
 )

@@ -49,7 +49,8 @@ def make(tmp_path: Path, limits: Limits, locks: bool = False):  # type: ignore[n
     gate = GpuGate(
         devices={i: device(i) for i in ("0", "1")}, backend=backend, limits=limits,
         locks=GpuLocks(open_lock_dir(str(tmp_path / "locks"))) if locks else None,
-        lock_keys={}, poll=10.0, say=lambda text, level=0: Console(fd=messages.fileno()).line(text), clock=clock,
+        lock_keys={}, poll=10.0, clock=clock,
+        say=lambda text, level=0: Console(fd=messages.fileno()).line(text),
     )
     pool = GpuPool(["0", "1"], jobs_per_gpu=None, memory={"0": 80 * GiB, "1": 80 * GiB})
     return gate, pool, backend, clock, messages

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List
 
-from conftest import (
+from harness import (
     RUN_TIMEOUT, SGS, child_env, live_pids, pipe_bytes, poll_until, run_sgs, sgs_lines,
     unique_sleep, wait_for_file,
 )

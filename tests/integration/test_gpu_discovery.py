@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from gpu_fakes import FakeMachine, GiB, fake_gpu, fake_mig, run, scheduler, wait_for
+from harness import FakeMachine, GiB, fake_gpu, fake_mig, poll_until, run_sgs
 
 SHOW = "echo $CUDA_VISIBLE_DEVICES"
 
@@ -27,7 +27,8 @@ def lock_args(machine: FakeMachine) -> list:
 @pytest.mark.parametrize("route, source", [("nvml", "NVML"), ("smi", "nvidia-smi")])
 def test_gpus_are_found_by_default(tmp_path: Path, route: str, source: str) -> None:
     machine = machine_of(tmp_path)
-    result = run(lock_args(machine), env=machine.env(route), input=f"{SHOW}\n{SHOW}\n")
+    result = run_sgs(lock_args(machine), env=machine.env(route), input=f"{SHOW}\n{SHOW}\n",
+                     text=True)
     assert result.returncode == 0, result.stderr
     assert f"found 2 GPU(s) through {source}: 0, 1" in result.stderr
     assert sorted(result.stdout.split()) == ["0", "1"]
@@ -37,15 +38,16 @@ def test_gpus_are_found_by_default(tmp_path: Path, route: str, source: str) -> N
 
 def test_gpus_all_is_the_same_as_the_default(tmp_path: Path) -> None:
     machine = machine_of(tmp_path)
-    result = run(["--gpus", "all", *lock_args(machine)], env=machine.env(), input=f"{SHOW}\n")
+    result = run_sgs(["--gpus", "all", *lock_args(machine)], env=machine.env(), input=f"{SHOW}\n",
+                     text=True)
     assert result.returncode == 0 and result.stdout.split() == ["0"]
-    bad = run(["--gpus", "all,0"], env=machine.env(), input="")
+    bad = run_sgs(["--gpus", "all,0"], env=machine.env(), input="", text=True)
     assert bad.returncode == 2 and "--gpus all cannot be combined" in bad.stderr
 
 
 def test_no_nvml_and_no_nvidia_smi_is_a_usage_error(tmp_path: Path) -> None:
     machine = machine_of(tmp_path)
-    result = run(lock_args(machine), env=machine.env("none"), input="true\n")
+    result = run_sgs(lock_args(machine), env=machine.env("none"), input="true\n", text=True)
     assert result.returncode == 2
     assert "no GPUs found; pass --gpus" in result.stderr
     assert "Traceback" not in result.stderr
@@ -54,7 +56,7 @@ def test_no_nvml_and_no_nvidia_smi_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_a_driver_that_does_not_answer_is_no_gpus(tmp_path: Path) -> None:
     machine = machine_of(tmp_path, smi=False)
-    result = run(lock_args(machine), env=machine.env("smi"), input="true\n")
+    result = run_sgs(lock_args(machine), env=machine.env("smi"), input="true\n", text=True)
     assert result.returncode == 2
     assert "no GPUs found; pass --gpus" in result.stderr
     assert "couldn't communicate with the NVIDIA driver" in result.stderr
@@ -66,8 +68,8 @@ def test_cuda_visible_devices_limits_all_and_jobs_get_the_same_devices(
     machine = machine_of(tmp_path, 4)
     uuid0 = machine.gpus[0]["uuid"]
     env = machine.env(route, CUDA_VISIBLE_DEVICES=f"2,{uuid0[:12]}")
-    result = run(["--jobs-per-gpu", "1", *lock_args(machine)], env=env,
-                 input="".join(f"{SHOW}\n" for _ in range(4)))
+    result = run_sgs(["--jobs-per-gpu", "1", *lock_args(machine)], env=env,
+                     input="".join(f"{SHOW}\n" for _ in range(4)), text=True)
     assert result.returncode == 0, result.stderr
     assert sorted(set(result.stdout.split())) == ["0", "2"]
     assert "found 2 GPU(s)" in result.stderr
@@ -76,7 +78,8 @@ def test_cuda_visible_devices_limits_all_and_jobs_get_the_same_devices(
 def test_another_device_order_gives_jobs_uuids(tmp_path: Path) -> None:
     machine = machine_of(tmp_path, 2)
     env = machine.env(CUDA_DEVICE_ORDER="FASTEST_FIRST", CUDA_VISIBLE_DEVICES="1")
-    result = run(lock_args(machine), env=env, input=f"{SHOW}; echo $CUDA_DEVICE_ORDER\n")
+    result = run_sgs(lock_args(machine), env=env, input=f"{SHOW}; echo $CUDA_DEVICE_ORDER\n",
+                     text=True)
     assert result.stdout.split() == [machine.gpus[1]["uuid"], "FASTEST_FIRST"]
 
 
@@ -86,10 +89,12 @@ def test_mig_instances_are_devices_of_their_own(tmp_path: Path, route: str) -> N
         fake_gpu(0, memory_total=80 * GiB, mig=[fake_mig(1), fake_mig(2)]),
     ])
     migs = [m["uuid"] for m in machine.gpus[0]["mig"]]
-    result = run(lock_args(machine), env=machine.env(route), input=f"{SHOW}\n{SHOW}\n")
+    result = run_sgs(lock_args(machine), env=machine.env(route), input=f"{SHOW}\n{SHOW}\n",
+                     text=True)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == sorted(migs)
-    refused = run(["--gpus-per-job", "2", *lock_args(machine)], env=machine.env(route), input="")
+    refused = run_sgs(["--gpus-per-job", "2", *lock_args(machine)], env=machine.env(route),
+                      input="", text=True)
     assert refused.returncode == 2
     assert "MIG instances cannot be combined" in refused.stderr
 
@@ -97,7 +102,7 @@ def test_mig_instances_are_devices_of_their_own(tmp_path: Path, route: str) -> N
 def test_prohibited_and_lost_gpus_are_left_out(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [
         fake_gpu(0, compute_mode=2), fake_gpu(1, lost=True), fake_gpu(2)])
-    result = run(lock_args(machine), env=machine.env(), input=f"{SHOW}\n")
+    result = run_sgs(lock_args(machine), env=machine.env(), input=f"{SHOW}\n", text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2"]
     assert "gpu 0 left out: its compute mode is Prohibited" in result.stderr
@@ -118,15 +123,15 @@ def test_a_gpu_lost_during_the_run_takes_no_more_jobs(tmp_path: Path) -> None:
     ]
 
     def lose_then_open() -> None:
-        wait_for(started.exists, what="job 1")
+        poll_until(started.exists, what="job 1")
         machine.gpus[0]["lost"] = True
         machine.write()
         gate.touch()
 
     helper = threading.Thread(target=lose_then_open)
     helper.start()
-    result = run(["--input", "jsonl", "--poll", "0.05", *lock_args(machine)],
-                 env=machine.env(), input="\n".join(lines) + "\n")
+    result = run_sgs(["--input", "jsonl", "--poll", "0.05", *lock_args(machine)], env=machine.env(),
+                     input="\n".join(lines) + "\n", text=True)
     helper.join()
     assert result.returncode == 1, result.stderr
     assert "gpu 0 is lost (GPU is lost); no more jobs go there" in result.stderr
@@ -141,8 +146,8 @@ def test_list_gpus(tmp_path: Path) -> None:
         fake_gpu(1, util=95),
         fake_gpu(2, mig=[fake_mig(1)]),
     ])
-    result = run(["--list-gpus", "--max-gpu-memory", "0.25", "--max-gpu-util", "50"],
-                 env=machine.env(), input="")
+    result = run_sgs(["--list-gpus", "--max-gpu-memory", "0.25", "--max-gpu-util", "50"],
+                     env=machine.env(), input="", text=True)
     assert result.returncode == 0, result.stderr
     head, *rows = result.stdout.splitlines()
     assert head.split() == ["INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY"]
@@ -157,22 +162,23 @@ def test_list_gpus(tmp_path: Path) -> None:
 
 def test_list_gpus_respects_explicit_ids_and_needs_hardware(tmp_path: Path) -> None:
     machine = machine_of(tmp_path, 3)
-    result = run(["--list-gpus", "--gpus", "2"], env=machine.env("smi"), input="")
+    result = run_sgs(["--list-gpus", "--gpus", "2"], env=machine.env("smi"), input="", text=True)
     assert result.returncode == 0, result.stderr
     assert [row.split()[0] for row in result.stdout.splitlines()[1:]] == ["2"]
-    none = run(["--list-gpus"], env=machine.env("none"), input="")
+    none = run_sgs(["--list-gpus"], env=machine.env("none"), input="", text=True)
     assert none.returncode == 2 and "no GPUs found; pass --gpus" in none.stderr
 
 
-def test_explicit_ids_without_features_touch_no_hardware(tmp_path: Path) -> None:
+def test_explicit_ids_without_features_touch_no_hardware(tmp_path: Path, sgs_command: str) -> None:
     """``--gpus 0`` with plain input: no NVML, no nvidia-smi, no json, no pynvml."""
     machine = machine_of(tmp_path)
-    result = run(["--gpus", "0", *lock_args(machine)], env=machine.env(), input=f"{SHOW}\n")
+    result = run_sgs(["--gpus", "0", *lock_args(machine)], env=machine.env(), input=f"{SHOW}\n",
+                     text=True)
     assert result.returncode == 0 and result.stdout.split() == ["0"]
     assert machine.calls() == []
 
     timed = subprocess.run(
-        [sys.executable, "-X", "importtime", scheduler(), "--gpus", "0", *lock_args(machine)],
+        [sys.executable, "-X", "importtime", sgs_command, "--gpus", "0", *lock_args(machine)],
         input="true\n", env=machine.env(), capture_output=True, text=True, timeout=30)
     assert timed.returncode == 0, timed.stderr
     imported = {line.split("|")[-1].strip() for line in timed.stderr.splitlines()
@@ -183,7 +189,8 @@ def test_explicit_ids_without_features_touch_no_hardware(tmp_path: Path) -> None
 
 def test_unknown_explicit_id_with_busy_checks_is_a_usage_error(tmp_path: Path) -> None:
     machine = machine_of(tmp_path, 2)
-    result = run(["--gpus", "5", "--only-idle", *lock_args(machine)], env=machine.env(), input="")
+    result = run_sgs(["--gpus", "5", "--only-idle", *lock_args(machine)], env=machine.env(),
+                     input="", text=True)
     assert result.returncode == 2
     assert "--gpus: no GPU 5 here (found: 0, 1)" in result.stderr
 
@@ -191,8 +198,8 @@ def test_unknown_explicit_id_with_busy_checks_is_a_usage_error(tmp_path: Path) -
 def test_busy_flags_without_nvml_or_nvidia_smi_are_a_usage_error(tmp_path: Path) -> None:
     machine = machine_of(tmp_path)
     for flag in (["--max-gpu-memory", "0.5"], ["--max-gpu-util", "10"], ["--only-idle"]):
-        result = run(["--gpus", "0", *flag, *lock_args(machine)], env=machine.env("none"),
-                     input="true\n")
+        result = run_sgs(["--gpus", "0", *flag, *lock_args(machine)], env=machine.env("none"),
+                         input="true\n", text=True)
         assert result.returncode == 2, flag
         assert "need NVML" in result.stderr and "or nvidia-smi" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ from typing import Iterator, List
 
 import pytest
 
-from file_runs import processes_with, rows_of, run_sgs, start_sgs, stop, wait_for
+from harness import live_pids, poll_until, popen_sgs, rows_of, run_sgs, stop
 from simple_gpu_scheduler.report.joblog import HEADER, Row, format_row, read_joblog
 
 
@@ -66,10 +66,11 @@ def test_row_is_written_when_the_job_ends_not_at_exit(tmp_path: Path, procs: lis
     log = tmp_path / "j.log"
     flag = tmp_path / "flag"
     waiting = f"i=0; while [ ! -e '{flag}' ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done"
-    proc = start_sgs(["--gpus", "0,1", "--joblog", str(log)], f"exit 7\n{waiting}\n".encode(),
-                     tmp_path)
+    proc = popen_sgs(["--gpus", "0,1", "--joblog", str(log)], f"exit 7\n{waiting}\n".encode(),
+                     cwd=tmp_path)
     procs.append(proc)
-    wait_for(lambda: log.exists() and len(read_joblog(str(log))[0]) >= 1, what="the first row")
+    poll_until(lambda: log.exists() and len(read_joblog(str(log))[0]) >= 1, what="the first row",
+               timeout=15)
     assert proc.poll() is None, "the scheduler must still be running job 2"
     assert log.read_bytes().startswith(HEADER + b"\n")
     (first,) = rows_of(log)
@@ -84,7 +85,7 @@ def test_row_is_written_when_the_job_ends_not_at_exit(tmp_path: Path, procs: lis
 def test_host_column_holds_every_gpu_of_the_job(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     done = run_sgs(["--gpus", "0", "1", "--gpus-per-job", "2", "--joblog", str(log)],
-                   b"true\n", tmp_path)
+                   b"true\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     (only,) = rows_of(log)
     assert only.host == "gpu:0,1"
@@ -106,7 +107,8 @@ def test_commands_round_trip_exactly(tmp_path: Path) -> None:
         (b"echo 'a\\\nb' > /dev/null", None),  # continuation inside quotes keeps the newline
     ]
     commands = [text for text, _ in cases]
-    done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"\n".join(commands) + b"\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"\n".join(commands) + b"\n",
+                   cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     rows = rows_of(log)
     assert [(r.seq, r.command) for r in rows] == list(enumerate(commands, start=1))
@@ -117,7 +119,7 @@ def test_commands_round_trip_exactly(tmp_path: Path) -> None:
     assert all(line.count(b"\t") == 8 for line in lines[:-1])
     # Read back, the commands match the input again: a resumed run skips them all.
     again = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"],
-                    b"\n".join(commands) + b"\n", tmp_path)
+                    b"\n".join(commands) + b"\n", cwd=tmp_path, from_file=True)
     assert again.returncode == 0, again.stderr
     assert b" started on " not in again.stderr and b"7 skipped" in again.stderr
     assert len(rows_of(log)) == len(commands)
@@ -126,7 +128,8 @@ def test_commands_round_trip_exactly(tmp_path: Path) -> None:
 def test_a_command_that_cannot_start_has_a_row_exitval_minus_one_signal_0(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     nul = b"echo nul\0byte"
-    done = run_sgs(["--gpus", "0", "--joblog", str(log)], nul + b"\ntrue\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--joblog", str(log)], nul + b"\ntrue\n", cwd=tmp_path,
+                   from_file=True)
     assert done.returncode == 1
     bad, good = rows_of(log)
     assert (bad.seq, bad.exitval, bad.signal, bad.command) == (1, -1, 0, nul)
@@ -135,7 +138,7 @@ def test_a_command_that_cannot_start_has_a_row_exitval_minus_one_signal_0(tmp_pa
 
     log2 = tmp_path / "j2.log"
     done = run_sgs(["--gpus", "0", "--shell", str(tmp_path / "no-such-shell"),
-                    "--joblog", str(log2)], b"true\n", tmp_path)
+                    "--joblog", str(log2)], b"true\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 1
     (row,) = rows_of(log2)
     assert (row.exitval, row.signal, row.host) == (-1, 0, "gpu:0")
@@ -144,7 +147,8 @@ def test_a_command_that_cannot_start_has_a_row_exitval_minus_one_signal_0(tmp_pa
 def test_joblog_without_resume_appends_to_an_existing_log(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     for _ in range(2):
-        done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"true\nexit 3\n", tmp_path)
+        done = run_sgs(["--gpus", "0", "--joblog", str(log)], b"true\nexit 3\n", cwd=tmp_path,
+                       from_file=True)
         assert done.returncode == 1
     data = log.read_bytes()
     assert data.count(HEADER) == 1
@@ -155,7 +159,8 @@ def test_joblog_without_resume_appends_to_an_existing_log(tmp_path: Path) -> Non
 def test_an_empty_existing_file_gets_the_header(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     log.touch()
-    done = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"], b"true\n", tmp_path)
+    done = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"], b"true\n",
+                   cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     assert log.read_bytes().startswith(HEADER + b"\n")
     assert [r.command for r in rows_of(log)] == [b"true"]
@@ -164,7 +169,7 @@ def test_an_empty_existing_file_gets_the_header(tmp_path: Path) -> None:
 def test_an_unwritable_joblog_is_a_usage_error(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     done = run_sgs(["--gpus", "0", "--joblog", str(tmp_path / "no" / "such" / "dir.log")],
-                   f"touch '{marker}'\n".encode(), tmp_path)
+                   f"touch '{marker}'\n".encode(), cwd=tmp_path, from_file=True)
     assert done.returncode == 2 and b"--joblog" in done.stderr
     assert not marker.exists()
 
@@ -176,10 +181,11 @@ def test_two_schedulers_appending_to_one_log_lose_no_row(tmp_path: Path, procs: 
     flag, started = tmp_path / "flag", tmp_path / "started"
     waiting = (f"touch '{started}'; i=0; while [ ! -e '{flag}' ] && [ $i -lt 1500 ]; "
                f"do sleep 0.02; i=$((i+1)); done")
-    first = start_sgs(["--gpus", "0", "--joblog", str(log)], f"{waiting}\n".encode(), tmp_path)
+    first = popen_sgs(["--gpus", "0", "--joblog", str(log)], f"{waiting}\n".encode(), cwd=tmp_path)
     procs.append(first)
-    wait_for(started.exists, what="the first scheduler's job to start")
-    second = run_sgs(["--gpus", "1", "--joblog", str(log)], b"echo second-scheduler\n", tmp_path)
+    poll_until(started.exists, what="the first scheduler's job to start", timeout=15)
+    second = run_sgs(["--gpus", "1", "--joblog", str(log)], b"echo second-scheduler\n",
+                     cwd=tmp_path, from_file=True)
     assert second.returncode == 0, second.stderr
     flag.touch()
     first.communicate(timeout=15)
@@ -212,7 +218,7 @@ def test_a_garbage_file_is_refused_untouched_and_nothing_runs(
     os.utime(log, (1_000_000_000, 1_000_000_000))
     marker = tmp_path / "ran"
     done = run_sgs(["--gpus", "0", "--joblog", str(log), *flags],
-                   f"touch '{marker}'\n".encode(), tmp_path)
+                   f"touch '{marker}'\n".encode(), cwd=tmp_path, from_file=True)
     assert done.returncode == 2
     assert b"not a job log" in done.stderr and str(log).encode() in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -224,7 +230,8 @@ def test_a_garbage_file_is_refused_untouched_and_nothing_runs(
 def test_resume_without_joblog_is_a_usage_error(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     for flag in ("--resume", "--resume-failed"):
-        done = run_sgs(["--gpus", "0", flag], f"touch '{marker}'\n".encode(), tmp_path)
+        done = run_sgs(["--gpus", "0", flag], f"touch '{marker}'\n".encode(), cwd=tmp_path,
+                       from_file=True)
         assert done.returncode == 2
         assert b"--joblog" in done.stderr
     assert not marker.exists()
@@ -232,7 +239,7 @@ def test_resume_without_joblog_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_resume_and_resume_failed_together_is_a_usage_error(tmp_path: Path) -> None:
     done = run_sgs(["--gpus", "0", "--joblog", "j.log", "--resume", "--resume-failed"],
-                   b"true\n", tmp_path)
+                   b"true\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 2
     assert not (tmp_path / "j.log").exists()
 
@@ -244,7 +251,7 @@ def test_a_cut_last_line_is_ignored_with_a_warning_and_dropped(tmp_path: Path) -
     cut = format_row(Row(2, "gpu:0", time.time(), 0.1, 0, 0, b))[:-1]  # all but its newline
     log.write_bytes(good + cut)
     done = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"],
-                   a + b"\n" + b + b"\n", tmp_path)
+                   a + b"\n" + b + b"\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     assert b"cut last line" in done.stderr
     assert (tmp_path / "ran").read_text() == "b\n"  # a was done; b's row was cut
@@ -264,13 +271,14 @@ def test_resume_failed_reruns_failures_and_keeps_input_numbers(tmp_path: Path) -
     commands = [f"echo $SGS_JOB_ID:{i} >> ran; test -e ok{i}" for i in range(1, 5)]
     (tmp_path / "ok1").touch()
     (tmp_path / "ok3").touch()
-    first = run_sgs(["--gpus", "0", "--joblog", str(log)], "\n".join(commands).encode(), tmp_path)
+    first = run_sgs(["--gpus", "0", "--joblog", str(log)], "\n".join(commands).encode(),
+                    cwd=tmp_path, from_file=True)
     assert first.returncode == 1
     assert b"--resume-failed" in first.stderr
     (tmp_path / "ok2").touch()
     (tmp_path / "ok4").touch()
     second = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"],
-                     "\n".join(commands).encode(), tmp_path)
+                     "\n".join(commands).encode(), cwd=tmp_path, from_file=True)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "ran").read_text().split() == ["1:1", "2:2", "3:3", "4:4", "2:2", "4:4"]
     assert [(r.seq, r.exitval) for r in rows_of(log)] == [
@@ -282,8 +290,10 @@ def test_resume_skips_failed_commands_too(tmp_path: Path) -> None:
     log = tmp_path / "j.log"
     done_before = b"echo 1 >> ran\necho 2 >> ran; exit 1\n"
     commands = done_before + b"echo 3 >> ran\n"
-    assert run_sgs(["--gpus", "0", "--joblog", str(log)], done_before, tmp_path).returncode == 1
-    second = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume"], commands, tmp_path)
+    assert run_sgs(["--gpus", "0", "--joblog", str(log)], done_before, cwd=tmp_path,
+                   from_file=True).returncode == 1
+    second = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume"], commands, cwd=tmp_path,
+                     from_file=True)
     assert second.returncode == 0, second.stderr
     assert ids_in(tmp_path / "ran") == [1, 2, 3]
     assert [r.seq for r in rows_of(log)] == [1, 2, 3]
@@ -295,7 +305,7 @@ def test_duplicates_are_counted(tmp_path: Path) -> None:
     # A log from a run where the command succeeded once.
     log.write_bytes(HEADER + b"\n" + format_row(Row(5, "gpu:0", time.time(), 0.1, 0, 0, same)))
     done = run_sgs(["--gpus", "0", "--joblog", str(log), "--resume-failed"],
-                   same + b"\n" + same + b"\n" + same + b"\n", tmp_path)
+                   same + b"\n" + same + b"\n" + same + b"\n", cwd=tmp_path, from_file=True)
     assert done.returncode == 0, done.stderr
     assert ids_in(tmp_path / "ran") == [2, 3]  # twice more; the first occurrence is skipped
     assert [r.seq for r in rows_of(log)] == [5, 2, 3]
@@ -306,7 +316,8 @@ def test_reshuffled_input_resumes_by_text(tmp_path: Path) -> None:
     commands = [f"echo {i} >> ran; test -e ok{i}".encode() for i in range(1, 9)]
     for i in (1, 2, 4, 5, 7):
         (tmp_path / f"ok{i}").touch()
-    first = run_sgs(["--gpus", "0,1", "--joblog", str(log)], b"\n".join(commands), tmp_path)
+    first = run_sgs(["--gpus", "0,1", "--joblog", str(log)], b"\n".join(commands), cwd=tmp_path,
+                    from_file=True)
     assert first.returncode == 1
     for i in (3, 6, 8):
         (tmp_path / f"ok{i}").touch()
@@ -314,7 +325,7 @@ def test_reshuffled_input_resumes_by_text(tmp_path: Path) -> None:
     random.Random(4).shuffle(shuffled)
     assert shuffled != commands
     second = run_sgs(["--gpus", "0,1", "--joblog", str(log), "--resume-failed"],
-                     b"\n".join(shuffled), tmp_path)
+                     b"\n".join(shuffled), cwd=tmp_path, from_file=True)
     assert second.returncode == 0, second.stderr
     ran = ids_in(tmp_path / "ran")
     assert sorted(ran[8:]) == [3, 6, 8]
@@ -332,9 +343,9 @@ def test_resume_failed_after_a_drain_runs_each_command_exactly_once(
     # Job 3 fails in the first run and must run again.
     commands[2] = commands[2].replace(b"; echo 3", b"; test -e go || exit 1; echo 3")
     args = ["--gpus", "0,1", "--joblog", str(log)]
-    first = start_sgs(args, b"\n".join(commands) + b"\n", tmp_path)
+    first = popen_sgs(args, b"\n".join(commands) + b"\n", cwd=tmp_path)
     procs.append(first)
-    wait_for(lambda: len(ids_in(tmp_path / "ran")) >= 3, what="three finished jobs")
+    poll_until(lambda: len(ids_in(tmp_path / "ran")) >= 3, what="three finished jobs", timeout=15)
     first.send_signal(signal.SIGINT)
     _, err1 = first.communicate(timeout=20)
     assert first.returncode == 130, err1
@@ -346,7 +357,8 @@ def test_resume_failed_after_a_drain_runs_each_command_exactly_once(
         int(c.split(b"echo ")[-1].split()[0]) for c in before)
 
     (tmp_path / "go").touch()
-    second = run_sgs([*args, "--resume-failed"], b"\n".join(commands) + b"\n", tmp_path)
+    second = run_sgs([*args, "--resume-failed"], b"\n".join(commands) + b"\n", cwd=tmp_path,
+                     from_file=True)
     assert second.returncode == 0, second.stderr
     assert Counter(ids_in(tmp_path / "ran")) == Counter(range(1, 13))  # each exactly once
     assert success_counts(log) == Counter(commands)
@@ -359,22 +371,23 @@ def test_resume_failed_after_sigkill_runs_what_has_no_success_row(
     log = tmp_path / "j.log"
     commands = sweep(tmp_path)
     args = ["--gpus", "0,1", "--joblog", str(log)]
-    first = start_sgs(args, b"\n".join(commands) + b"\n", tmp_path)
+    first = popen_sgs(args, b"\n".join(commands) + b"\n", cwd=tmp_path)
     procs.append(first)
     # Kill while jobs run: three have finished and another has started.
-    wait_for(lambda: len(ids_in(tmp_path / "started")) > len(ids_in(tmp_path / "ran")) >= 3,
-             what="three finished jobs and one running")
+    poll_until(lambda: len(ids_in(tmp_path / "started")) > len(ids_in(tmp_path / "ran")) >= 3,
+               what="three finished jobs and one running", timeout=15)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     # The jobs that were running live on in their own sessions: let them end
     # (their shells carry the temporary path in their command lines).
-    wait_for(lambda: not processes_with(str(tmp_path).encode()), what="orphaned jobs to end")
+    poll_until(lambda: not live_pids(str(tmp_path)), what="orphaned jobs to end", timeout=15)
     rows, warning, _ = read_joblog(str(log))
     succeeded_before = Counter(r.command for r in rows if r.succeeded)
     ids_before = {int(c.split(b"echo ")[-1].split()[0]) for c in succeeded_before}
     started_before = len(ids_in(tmp_path / "started"))
 
-    second = run_sgs([*args, "--resume-failed"], b"\n".join(commands) + b"\n", tmp_path)
+    second = run_sgs([*args, "--resume-failed"], b"\n".join(commands) + b"\n", cwd=tmp_path,
+                     from_file=True)
     assert second.returncode == 0, second.stderr
     ran = Counter(ids_in(tmp_path / "ran"))
     assert set(ran) == set(range(1, 13))  # every command succeeded at least once
@@ -393,10 +406,11 @@ def test_resume_failed_after_sigkill_keeps_rows_of_finished_jobs(
     log = tmp_path / "j.log"
     flag = tmp_path / "flag"
     waiting = f"i=0; while [ ! -e '{flag}' ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done"
-    proc = start_sgs(["--gpus", "0", "--jobs-per-gpu", "3", "--joblog", str(log)],
-                     f"true\nexit 5\n{waiting}\n".encode(), tmp_path)
+    proc = popen_sgs(["--gpus", "0", "--jobs-per-gpu", "3", "--joblog", str(log)],
+                     f"true\nexit 5\n{waiting}\n".encode(), cwd=tmp_path)
     procs.append(proc)
-    wait_for(lambda: log.exists() and len(read_joblog(str(log))[0]) == 2, what="two rows")
+    poll_until(lambda: log.exists() and len(read_joblog(str(log))[0]) == 2, what="two rows",
+               timeout=15)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)  # job 3 lives on and holds our pipes until it sees the flag
     flag.touch()

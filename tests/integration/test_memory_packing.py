@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from gpu_fakes import FakeMachine, GiB, fake_gpu, read_lines, run, send, start, wait_for
+from harness import FakeMachine, GiB, fake_gpu, poll_until, popen_sgs, read_lines, run_sgs, send
 
 
 def recorded(log: Path, name: str, seconds: float, body: str = "") -> str:
@@ -44,8 +45,8 @@ def test_jobs_share_a_gpu_as_far_as_their_memory_fits(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [fake_gpu(0, memory_total=80 * GiB)])
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.3), "mem": "30GiB"} for i in range(4)]
-    result = run(["--input", "jsonl", "--lock-dir", str(machine.locks)], env=machine.env(),
-                 input=jsonl(*jobs))
+    result = run_sgs(["--input", "jsonl", "--lock-dir", str(machine.locks)], env=machine.env(),
+                     input=jsonl(*jobs), text=True)
     assert result.returncode == 0, result.stderr
     runs = spans(log)
     assert len(runs) == 4
@@ -57,8 +58,8 @@ def test_jobs_per_gpu_caps_memory_packing(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [fake_gpu(0, memory_total=80 * GiB)])
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.2), "mem": "1GiB"} for i in range(3)]
-    result = run(["--input", "jsonl", "--jobs-per-gpu", "1", "--lock-dir", str(machine.locks)],
-                 env=machine.env(), input=jsonl(*jobs))
+    result = run_sgs(["--input", "jsonl", "--jobs-per-gpu", "1", "--lock-dir", str(machine.locks)],
+                     env=machine.env(), input=jsonl(*jobs), text=True)
     assert result.returncode == 0, result.stderr
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 1
 
@@ -69,8 +70,8 @@ def test_other_users_memory_and_our_reservations_count(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [fake_gpu(0, memory_used=50 * GiB)])
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.2), "mem": "20GiB"} for i in range(2)]
-    result = run(["--input", "jsonl", "--poll", "0.05", "--lock-dir", str(machine.locks)],
-                 env=machine.env(), input=jsonl(*jobs))
+    result = run_sgs(["--input", "jsonl", "--poll", "0.05", "--lock-dir", str(machine.locks)],
+                     env=machine.env(), input=jsonl(*jobs), text=True)
     assert result.returncode == 0, result.stderr
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 1
 
@@ -80,8 +81,9 @@ def test_gpu_memory_without_hardware(tmp_path: Path) -> None:
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.3), "mem": "4GiB"} for i in range(4)]
     jobs.append({"cmd": "true", "mem": "11GiB"})
-    result = run(["--gpus", "0", "--input", "jsonl", "--gpu-memory", "10GiB",
-                  "--lock-dir", str(machine.locks)], env=machine.env("none"), input=jsonl(*jobs))
+    result = run_sgs(["--gpus", "0", "--input", "jsonl", "--gpu-memory", "10GiB",
+                      "--lock-dir", str(machine.locks)], env=machine.env("none"),
+                     input=jsonl(*jobs), text=True)
     assert result.returncode == 1
     assert "it needs 11.0GiB of GPU memory and the largest GPU it may use has 10.0GiB" \
         in result.stderr
@@ -92,8 +94,8 @@ def test_unknown_memory_size_is_said_and_jobs_go_alone(tmp_path: Path) -> None:
     machine = FakeMachine(tmp_path, [])
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.1), "mem": "1GiB"} for i in range(2)]
-    result = run(["--gpus", "0", "--input", "jsonl", "--lock-dir", str(machine.locks)],
-                 env=machine.env("none"), input=jsonl(*jobs))
+    result = run_sgs(["--gpus", "0", "--input", "jsonl", "--lock-dir", str(machine.locks)],
+                     env=machine.env("none"), input=jsonl(*jobs), text=True)
     assert result.returncode == 0, result.stderr
     assert "memory size is unknown" in result.stderr and "--gpu-memory" in result.stderr
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 1
@@ -109,15 +111,15 @@ def _big_small_run(tmp_path: Path, backfill: bool) -> Tuple[Spans, str]:
     log, gate, errors = tmp_path / "runs", tmp_path / "gate", tmp_path / "err"
     hold = f"while [ ! -e {gate} ]; do sleep 0.02; done"
     args = ["--input", "jsonl", "--lock-dir", str(machine.locks)] + (["--backfill"] * backfill)
-    proc = start(args, machine.env(), stderr=errors)
+    proc = popen_sgs(args, env=machine.env(), stderr=errors, stdout=subprocess.DEVNULL, text=True)
     try:
         send(proc, json.dumps({"cmd": recorded(log, "big1", 0, body=hold), "mem": "50GiB"}),
              json.dumps({"cmd": recorded(log, "big2", 0.1), "mem": "50GiB"}),
              json.dumps({"cmd": recorded(log, "small", 0), "mem": "10GiB"}))
         if backfill:
-            wait_for(lambda: "small" in spans(log), what="small to start beside big1")
+            poll_until(lambda: "small" in spans(log), what="small to start beside big1")
         else:
-            wait_for(lambda: "big1" in spans(log), what="big1")
+            poll_until(lambda: "big1" in spans(log), what="big1")
         gate.touch()
         assert proc.stdin is not None
         proc.stdin.close()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpu_fakes import read_lines, wait_for
+from harness import poll_until, read_lines
 
 from simple_gpu_scheduler.gpus import smi
 from simple_gpu_scheduler.gpus.gate import owner, split_processes
@@ -205,8 +205,8 @@ def test_owner_follows_process_groups_and_sessions(tmp_path: Path) -> None:
               f"open(\"{pidfile}.b\", \"w\").write(str(os.getpid())); time.sleep(30)' & wait")
     leader = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
     try:
-        child = int(wait_for(lambda: read_lines(Path(f"{pidfile}.a")), what="child")[0])
-        regrouped = int(wait_for(lambda: read_lines(Path(f"{pidfile}.b")), what="grandchild")[0])
+        child = int(poll_until(lambda: read_lines(Path(f"{pidfile}.a")), what="child")[0])
+        regrouped = int(poll_until(lambda: read_lines(Path(f"{pidfile}.b")), what="grandchild")[0])
         leaders = {leader.pid: None}
         assert owner(child, leaders) == (True, leader.pid)
         assert owner(regrouped, leaders) == (True, leader.pid)
