@@ -81,9 +81,13 @@ def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
     """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
 
     Ids are kept verbatim (UUIDs and MIG ids work); an empty or repeated id is
-    an error, because it always means a typo.
+    an error, because it always means a typo. Numbers are compared as numbers:
+    CUDA reads ``00`` as GPU 0, so ``0,00`` would put two jobs on one GPU.
+    Whether a UUID names the same GPU as a number only the hardware can say
+    (`same_gpu_error`, once it has answered).
     """
     ids: List[str] = []
+    numbers: Dict[int, str] = {}
     for value in values:
         for part in value.split(","):
             gpu_id = part.strip()
@@ -91,8 +95,27 @@ def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
                 raise UsageError(f"--gpus: empty GPU id in {value!r}")
             if gpu_id in ids:
                 raise UsageError(f"--gpus: GPU id {gpu_id} is given twice")
+            # isascii: "²".isdigit() is true, but CUDA (and int) read no such number.
+            if gpu_id.isascii() and gpu_id.isdigit():
+                first = numbers.setdefault(int(gpu_id), gpu_id)
+                if first != gpu_id:
+                    raise UsageError(f"--gpus: GPU ids {first} and {gpu_id} name the same GPU")
             ids.append(gpu_id)
     return tuple(ids)
+
+
+def same_gpu_error(ids: Sequence[str], found: Discovery) -> Optional[UsageError]:
+    """The usage error for two ids that the hardware says are one device
+    (``0`` and ``GPU-<uuid of 0>``, a UUID and a prefix of it), or None."""
+    from ..model.devices import same_device
+
+    # Lost and left-out devices too: two ids of one of them are a typo as well.
+    pair = same_device(ids, [*found.devices, *(d for d, _ in found.left_out)])
+    if pair is None:
+        return None
+    first, second, device = pair
+    what = f"MIG instance {device.uuid}" if device.is_mig else f"GPU {device.index} ({device.uuid})"
+    return UsageError(f"--gpus: GPU ids {first} and {second} name the same {what}")
 
 
 class GpuPlan:
@@ -169,8 +192,10 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
         console.info(f"found {len(ids)} GPU(s) through {found.source}: {', '.join(ids)}")
     else:
         ids = parse_gpu_ids(args.gpus)
+        # A UUID or MIG id is always looked up: only the hardware can say
+        # whether it names the same device as another id.
         needs = limits is not None or (args.input == "jsonl" and args.gpu_memory is None) \
-            or any(i.startswith("GPU-") for i in ids)
+            or any(i.startswith(("GPU-", "MIG-")) for i in ids)
         if needs:
             backend, devices = _resolve(ids, limits is not None, console)
 
@@ -218,6 +243,9 @@ def _resolve(
                 f"{BUSY_FLAGS} need NVML (pip install \"simple_gpu_scheduler[nvml]\") or "
                 f"nvidia-smi, and neither works here ({found.error})")
         return None, {}
+    duplicate = same_gpu_error(ids, found)
+    if duplicate is not None:
+        raise duplicate
     try:
         return backend, resolve_ids(ids, found.devices)
     except ValueError as exc:

@@ -270,6 +270,7 @@ def _run(
     from ..launch.local import LocalLauncher
     from ..placement.pool import GpuPool
     from ..report.messages import ConsoleReport
+    from ..report.status import terminal_width
 
     jsonl = args.input == "jsonl"
     source = InputSource(
@@ -278,7 +279,8 @@ def _run(
         continuation=not jsonl)
     launcher = LocalLauncher(shell=args.shell, output=output)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
-    report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint)
+    report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
+                           status_width=lambda: terminal_width(2))
     settings = Settings(
         kill_grace=args.kill_grace, halt=args.halt_on_failure, backfill=args.backfill,
         skip=resume_filter.skip if resume_filter is not None else None,

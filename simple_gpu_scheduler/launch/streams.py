@@ -1,6 +1,24 @@
 """Where a local job's output goes: our stdout and stderr untouched
-(passthrough), line by line with a prefix (``--tag``), or one file per job and
-stream (``--log-dir``).
+(passthrough), piece by piece with a prefix (``--tag``, and ``--progress``
+with an empty prefix), or one file per job and stream (``--log-dir``).
+
+The copy (`TagPump`) reads a stream with ``os.read`` and holds at most
+`BOUND` bytes of it, whatever the job prints. It cuts the stream into pieces
+(`Pieces`):
+
+- a piece ends after a newline, a carriage return, or ``\r\n``. A progress
+  bar (tqdm) redraws itself with ``\r``, so each update is a piece: it shows,
+  with the tag in front (lagging one update behind, as a piece is only written
+  once it has ended). A lone ``\r`` is no piece (tqdm starts every update with
+  one): there is nothing to show. A ``\r\n`` that one read splits is written
+  as a ``\r`` piece and an empty ``\n`` piece;
+- a piece longer than `BOUND` is written in parts of `BOUND` bytes, each ended
+  with a newline, the next part again with the prefix: a huge line comes out
+  as several tagged lines (a cut may fall inside a multi-byte character)
+  instead of filling our memory. The last piece gets a newline too.
+
+Every piece is one `write_fd` call of prefix and piece, so lines of concurrent
+jobs are never mixed inside a line.
 """
 
 from __future__ import annotations
@@ -13,14 +31,65 @@ from ..report.console import write_fd
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import IO, Callable, List, Optional, Tuple
+    from typing import Callable, List, Optional, Tuple
+
+#: The most bytes of one job stream held in memory (a pipe holds as much).
+BOUND = 64 * 1024
+
+
+class Pieces:
+    """Cuts a byte stream into pieces (see the module docstring): pure, fed
+    with what each read returned."""
+
+    def __init__(self, limit: int = BOUND) -> None:
+        self.limit = limit
+        self._held = b""
+
+    def room(self) -> int:
+        """How many bytes the next read may take (at least 1): what is held
+        and read together never exceeds the bound."""
+        return self.limit - len(self._held)
+
+    def feed(self, chunk: bytes) -> List[bytes]:
+        """The pieces that `chunk` ends; the rest is held for the next one."""
+        data = self._held + chunk if self._held else chunk
+        pieces: List[bytes] = []
+        start = 0
+        # Two searches kept apart: a fresh find of both at every piece would
+        # scan to the end for a character that never comes, per line.
+        newline = data.find(b"\n")
+        ret = data.find(b"\r")
+        while newline >= 0 or ret >= 0:
+            if ret < 0 or 0 <= newline < ret:
+                end = newline + 1
+            else:
+                end = ret + 2 if newline == ret + 1 else ret + 1
+            if end - start > 1 or data[start] != 0x0D:  # a lone \r is no piece
+                pieces.append(data[start:end])
+            start = end
+            if 0 <= newline < start:
+                newline = data.find(b"\n", start)
+            if 0 <= ret < start:
+                ret = data.find(b"\r", start)
+        rest = data[start:]
+        if len(rest) >= self.limit:
+            pieces.append(rest + b"\n")
+            rest = b""
+        self._held = rest
+        return pieces
+
+    def end(self) -> List[bytes]:
+        """The stream has ended: what is held, as a last piece with a newline."""
+        rest, self._held = self._held, b""
+        return [rest + b"\n"] if rest else []
 
 
 class TagPump:
-    """Copy one job stream to `fd` line by line, each line with a prefix, in a
-    helper thread; `join` and `finish` wait for the stream's end."""
+    """Copy one job stream (a pipe's read end, which this takes over) to `fd`
+    piece by piece, each piece with a prefix, in a helper thread; `join` and
+    `finish` wait for the stream's end."""
 
-    def __init__(self, source: IO[bytes], fd: int, prefix: bytes,
+    def __init__(self, source: int, fd: int, prefix: bytes,
                  on_done: Optional[Callable[[], None]] = None) -> None:
         self._source = source
         #: called from the copy's thread once the stream has ended
@@ -29,6 +98,7 @@ class TagPump:
         self._prefix = prefix
         self._done = threading.Lock()
         self._done.acquire()
+        #: pieces written so far (`finish` watches it for progress)
         self.lines = 0
         threads.start(self._run)
 
@@ -41,30 +111,35 @@ class TagPump:
 
     def finish(self, patience: float = 1.0) -> None:
         """Wait while the copy makes progress (a slow reader downstream loses
-        nothing); give up once `patience` seconds pass without a line, when
+        nothing); give up once `patience` seconds pass without a piece, when
         something that escaped the job's process group holds the pipe open."""
         seen = -1
         while not self.join(patience) and self.lines != seen:
             seen = self.lines
 
     def _run(self) -> None:
+        pieces = Pieces()
         try:
-            with self._source:
-                for line in self._source:
-                    if not line.endswith(b"\n"):
-                        line += b"\n"
-                    # Once the downstream is gone we keep reading, so the job
-                    # never blocks on a full pipe; what it prints is dropped.
-                    write_fd(self._fd, self._prefix + line)
-                    self.lines += 1
-        except (OSError, ValueError):
+            while True:
+                chunk = os.read(self._source, pieces.room())
+                if not chunk:
+                    break
+                self._write(pieces.feed(chunk))
+            self._write(pieces.end())
+        except OSError:
             pass  # the pipe went away under us: nothing left to copy
         finally:
+            os.close(self._source)
             self._done.release()
             if self._on_done is not None:
                 self._on_done()
 
-
+    def _write(self, pieces: List[bytes]) -> None:
+        for piece in pieces:
+            # Once the downstream is gone we keep reading, so the job never
+            # blocks on a full pipe; what it prints is dropped.
+            write_fd(self._fd, self._prefix + piece)
+            self.lines += 1
 
 
 class JobStreams:
@@ -77,7 +152,7 @@ class JobStreams:
     ) -> None:
         self.out = out
         self.err = err
-        #: (read end, our fd, prefix) of every pipe to copy line by line
+        #: (read end, our fd, prefix) of every pipe to copy piece by piece
         self._copies = copies
 
     @property
@@ -86,11 +161,11 @@ class JobStreams:
         return bool(self._copies)
 
     def started(self, on_done: Optional[Callable[[], None]] = None) -> List[TagPump]:
-        """The child has its copies: close ours, start the line copies
-        (`on_done` is called, from a copy's thread, as each one ends)."""
+        """The child has its copies: close ours, start the copies (each pump
+        closes its read end when its stream ends; `on_done` is called, from a
+        copy's thread, as each one ends)."""
         self._close_child_ends()
-        return [TagPump(open(read, "rb"), fd, prefix, on_done)
-                for read, fd, prefix in self._copies]
+        return [TagPump(read, fd, prefix, on_done) for read, fd, prefix in self._copies]
 
     def close(self) -> None:
         """The child never started: close everything."""
@@ -118,7 +193,7 @@ class Passthrough(OutputMode):
 
 
 class Tagged(OutputMode):
-    """Job output copied line by line; each line gets ``[<job id>|gpu <ids>] `` in
+    """Job output copied piece by piece (`TagPump`); each piece gets ``[<job id>|gpu <ids>] `` in
     front when `prefix` is set (``--tag``), or nothing (``--progress`` alone)."""
 
     def __init__(self, prefix: bool = True) -> None:

@@ -208,6 +208,25 @@ def select_visible(
     return Selection(tuple(chosen), tuple(notes))
 
 
+def same_device(
+    ids: Sequence[str], devices: Sequence[Device]
+) -> Optional[Tuple[str, str, Device]]:
+    """The first two ids that name one device, and that device; None if none do.
+
+    Ids are read as CUDA reads them (`_match`): a number, a UUID or a unique
+    prefix of one. A number of a GPU split into MIG instances names each
+    instance, so ``2`` and a MIG id of GPU 2 are one device too. An id that
+    names nothing here is compared with nothing (`resolve_ids` judges it).
+    """
+    named: Dict[str, str] = {}  # device index ("2", "2:1": unique) -> first id naming it
+    for gpu_id in ids:
+        for device in _match(gpu_id, devices):
+            first = named.setdefault(device.index, gpu_id)
+            if first != gpu_id:
+                return first, gpu_id, device
+    return None
+
+
 def resolve_ids(ids: Sequence[str], devices: Sequence[Device]) -> Dict[str, Device]:
     """The device each ``--gpus`` id names; `ValueError` naming the first that
     names none. Ids stay as the user wrote them: this only finds the hardware

@@ -133,8 +133,7 @@ class ConsoleReport:
             self.console.debug(event.text)
 
     def _status(self, event: ev.StatusAsked) -> None:
-        width = self.status_width()
-        for line in status_table(event.snapshot, **({} if width is None else {'width': width})):
+        for line in status_table(event.snapshot, width=self.status_width()):
             self.console.line(line)
 
     def _progress(self, event: ev.Progress) -> None:

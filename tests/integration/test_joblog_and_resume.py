@@ -257,9 +257,11 @@ def test_a_cut_last_line_is_ignored_with_a_warning_and_dropped(tmp_path: Path) -
     assert (tmp_path / "ran").read_text() == "b\n"  # a was done; b's row was cut
     data = log.read_bytes()
     assert data.startswith(good)
-    assert data[len(good):].count(b"\n") == 1 and data.endswith(b"\n")  # only b's new row
+    # The cut row stays, closed by the mark "\t\n"; then only b's new row.
+    assert data[len(good):].startswith(cut + b"\t\n")
+    assert data[len(good) + len(cut) + 2:].count(b"\n") == 1 and data.endswith(b"\n")
     rows, warning, _ = read_joblog(str(log))
-    assert warning is None
+    assert warning is not None and "cut line 3" in warning
     assert [(r.seq, r.command) for r in rows] == [(1, a), (2, b)]
 
 

@@ -252,7 +252,7 @@ def test_writer_new_file_gets_header_and_rows_are_visible_before_close(tmp_path:
         writer.close()
 
 
-def test_writer_appends_after_the_intact_part_dropping_a_cut_line(tmp_path: Path) -> None:
+def test_writer_appends_after_a_cut_line_closing_it_with_the_mark(tmp_path: Path) -> None:
     path = tmp_path / "j.log"
     whole = log_bytes(row(1, b"first"))
     path.write_bytes(whole + b"2\tgpu:0\t17000")
@@ -261,7 +261,8 @@ def test_writer_appends_after_the_intact_part_dropping_a_cut_line(tmp_path: Path
     writer = JobLogWriter(str(path), keep)
     writer.write(row(3, b"third"))
     writer.close()
-    assert path.read_bytes() == whole + format_row(row(3, b"third"))
+    # Never truncated (another scheduler may share the log): the cut line is closed.
+    assert path.read_bytes() == whole + b"2\tgpu:0\t17000\t\n" + format_row(row(3, b"third"))
 
 
 def test_writer_rewrites_a_cut_header(tmp_path: Path) -> None:
@@ -271,7 +272,7 @@ def test_writer_rewrites_a_cut_header(tmp_path: Path) -> None:
     writer = JobLogWriter(str(path), keep)
     writer.write(row(1))
     writer.close()
-    assert path.read_bytes() == log_bytes(row(1))
+    assert path.read_bytes() == HEADER[:10] + b"\t\n" + log_bytes(row(1))  # kept, closed
 
 
 def test_writer_appends_to_an_existing_log(tmp_path: Path) -> None:
