@@ -36,7 +36,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
-    IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union,
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
 )
 
 import pytest

@@ -126,7 +126,8 @@ def parse_row(line: bytes) -> Row:
             command=unescape(fields[8]),
         )
     except ValueError as exc:
-        raise ValueError(str(exc) if "escape" in str(exc) else "a number field is not a number") from None
+        why = str(exc) if "escape" in str(exc) else "a number field is not a number"
+        raise ValueError(why) from None
 
 
 def parse_joblog(data: bytes) -> Tuple[List[Row], Optional[str], int]:

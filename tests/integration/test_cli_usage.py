@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from harness import RUN_TIMEOUT, child_env, run_sgs
 
 from simple_gpu_scheduler import __version__
-
-from harness import RUN_TIMEOUT, child_env, run_sgs
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:

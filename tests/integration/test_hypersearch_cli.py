@@ -8,8 +8,8 @@ import time
 from typing import List
 
 import pytest
-
 from harness import HYPERSEARCH
+
 from simple_gpu_scheduler import __version__
 
 README_PATTERN = "python3 train_dnn.py --lr {lr} --batch_size {bs}"

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Dict, List
 
 from harness import (
-    RUN_TIMEOUT, SGS, child_env, live_pids, pipe_bytes, poll_until, run_sgs, sgs_lines,
-    unique_sleep, wait_for_file,
+    RUN_TIMEOUT,
+    SGS,
+    child_env,
+    live_pids,
+    pipe_bytes,
+    poll_until,
+    run_sgs,
+    sgs_lines,
+    unique_sleep,
+    wait_for_file,
 )
 
 SGS_LINE = re.compile(r"^\[sgs\] ")

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-
 from harness import live_pids, poll_until, popen_sgs, rows_of, run_sgs, stop
+
 from simple_gpu_scheduler.report.joblog import HEADER, Row, format_row, read_joblog
-
-
 
 # ---------------------------------------------------------------- helpers
 

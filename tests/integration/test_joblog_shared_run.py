@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import poll_until, run_sgs
+from harness import poll_until, run_sgs
 
 from simple_gpu_scheduler.report.joblog import HEADER, Row, format_row, read_joblog
 

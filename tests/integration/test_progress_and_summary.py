@@ -20,6 +20,7 @@ from typing import List, Sequence, Tuple
 
 from harness import PROGRESS_STATUS as STATUS
 from harness import poll_until, popen_sgs, run_sgs, stop
+
 from simple_gpu_scheduler.report import progress
 from simple_gpu_scheduler.report.joblog import read_joblog
 

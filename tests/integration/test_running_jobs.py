@@ -14,13 +14,22 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from harness import (
+    Recorder,
+    Sgs,
+    child_env,
+    cpu_seconds,
+    live_pids,
+    max_concurrency_per_gpu,
+    poll_until,
+    run_sgs,
+    started_ids,
+    unique_sleep,
+    wait_for_file,
+    wakeups,
+)
 
 from simple_gpu_scheduler.input.lines import MAX_COMMAND_BYTES
-
-from harness import (
-    Recorder, Sgs, child_env, cpu_seconds, live_pids, max_concurrency_per_gpu, poll_until,
-    run_sgs, started_ids, unique_sleep, wait_for_file, wakeups,
-)
 
 
 def lines_of(*commands: str) -> bytes:

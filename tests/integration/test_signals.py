@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from harness import (
-    Sgs, live_pids, no_signal_pending, not_started, pipe_bytes, poll_until, started_ids,
-    unique_sleep, wait_for_file,
+    Sgs,
+    live_pids,
+    no_signal_pending,
+    not_started,
+    pipe_bytes,
+    poll_until,
+    started_ids,
+    unique_sleep,
+    wait_for_file,
 )
 
 

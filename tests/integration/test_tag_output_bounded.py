@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from conftest import SGS, child_env, run_sgs
+from harness import SGS, child_env, run_sgs
 
 MiB = 2**20
 BOUND = 64 * 1024

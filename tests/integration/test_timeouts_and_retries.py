@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from harness import live_pids, poll_until, popen_sgs, rows_of, run_sgs, stop
-
-
 
 # ---------------------------------------------------------------- helpers
 

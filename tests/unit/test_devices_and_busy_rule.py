@@ -12,9 +12,21 @@ import pytest
 from harness import poll_until, read_lines
 
 from simple_gpu_scheduler.gpus import smi
+from simple_gpu_scheduler.gpus.busy import (
+    Limits,
+    MemoryLimit,
+    excess_memory,
+    judge,
+    parse_memory_limit,
+)
 from simple_gpu_scheduler.gpus.gate import owner, split_processes
-from simple_gpu_scheduler.gpus.busy import Limits, MemoryLimit, excess_memory, judge, parse_memory_limit
-from simple_gpu_scheduler.model.devices import Device, GpuProcess, Usage, resolve_ids, select_visible
+from simple_gpu_scheduler.model.devices import (
+    Device,
+    GpuProcess,
+    Usage,
+    resolve_ids,
+    select_visible,
+)
 
 GiB = 2**30
 MiB = 2**20

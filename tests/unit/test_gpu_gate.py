@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from simple_gpu_scheduler.gpus.gate import GpuGate
 from simple_gpu_scheduler.gpus.busy import Limits, MemoryLimit
+from simple_gpu_scheduler.gpus.gate import GpuGate
+from simple_gpu_scheduler.gpus.locks import GpuLocks, open_lock_dir
 from simple_gpu_scheduler.model.devices import Device, GpuProcess, Usage
 from simple_gpu_scheduler.model.jobs import Job
-from simple_gpu_scheduler.gpus.locks import GpuLocks, open_lock_dir
-from simple_gpu_scheduler.report.console import Console
 from simple_gpu_scheduler.placement.pool import GpuPool
+from simple_gpu_scheduler.report.console import Console
 
 GiB = 2**30
 

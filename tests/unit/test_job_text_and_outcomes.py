@@ -5,9 +5,13 @@ from __future__ import annotations
 import signal
 
 from simple_gpu_scheduler.model.jobs import (
-    Exited, FailedToStart, Job, Killed, NotStarted, outcome_from_returncode,
+    Exited,
+    FailedToStart,
+    Job,
+    Killed,
+    NotStarted,
+    outcome_from_returncode,
 )
-
 
 # --- Job.text --------------------------------------------------------------------------
 

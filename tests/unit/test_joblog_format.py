@@ -16,11 +16,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simple_gpu_scheduler.model.jobs import (
-    Exited, FailedToStart, Killed, NotStarted, TimedOut, exit_and_signal,
+    Exited,
+    FailedToStart,
+    Killed,
+    NotStarted,
+    TimedOut,
+    exit_and_signal,
 )
 from simple_gpu_scheduler.report.joblog import (
-    HEADER, JobLogError, JobLogWriter, ResumeFilter, Row, escape, format_row, parse_joblog,
-    parse_row, read_joblog, unescape,
+    HEADER,
+    JobLogError,
+    JobLogWriter,
+    ResumeFilter,
+    Row,
+    escape,
+    format_row,
+    parse_joblog,
+    parse_row,
+    read_joblog,
+    unescape,
 )
 
 

@@ -16,7 +16,13 @@ import pytest
 
 from simple_gpu_scheduler.model.record import Record
 from simple_gpu_scheduler.report.joblog import (
-    HEADER, JobLogError, JobLogWriter, Row, format_row, parse_joblog, read_joblog,
+    HEADER,
+    JobLogError,
+    JobLogWriter,
+    Row,
+    format_row,
+    parse_joblog,
+    read_joblog,
 )
 
 

@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import pytest
 
+from simple_gpu_scheduler.input.jsonl import Defaults, parse_job
 from simple_gpu_scheduler.input.lines import CommandAssembler, Line, RawCommand
 from simple_gpu_scheduler.model.jobs import Job
-from simple_gpu_scheduler.input.jsonl import Defaults, parse_job
 
 GiB = 2**30
 

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simple_gpu_scheduler.input.lines import (
-    HEAD, MAX_COMMAND_BYTES, CommandAssembler, Line, LineSplitter, RawCommand,
+    HEAD,
+    MAX_COMMAND_BYTES,
+    CommandAssembler,
+    Line,
+    LineSplitter,
+    RawCommand,
 )
 
 

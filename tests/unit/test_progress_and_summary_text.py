@@ -8,13 +8,17 @@ import os
 from typing import List
 
 import pytest
-
 from harness import PROGRESS_STATUS as STATUS
+
+from simple_gpu_scheduler.model.snapshot import RunningView, Snapshot
 from simple_gpu_scheduler.report import progress
 from simple_gpu_scheduler.report.progress import (
-    ProgressLine, clock, progress_text, resume_command, summary_lines,
+    ProgressLine,
+    clock,
+    progress_text,
+    resume_command,
+    summary_lines,
 )
-from simple_gpu_scheduler.model.snapshot import RunningView, Snapshot
 
 
 def snap(succeeded: int = 0, failed: int = 0, running: int = 0, queued: int = 0,

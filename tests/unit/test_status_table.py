@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from simple_gpu_scheduler.model.jobs import Exited, Job
 from simple_gpu_scheduler.engine.state import RunState
+from simple_gpu_scheduler.model.jobs import Exited, Job
 from simple_gpu_scheduler.report.status import status_table
-
 
 # --- status_table ----------------------------------------------------------------------
 
