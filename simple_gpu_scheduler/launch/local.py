@@ -133,6 +133,12 @@ class LocalLauncher:
     def attach(self, reactor: Reactor, events: LauncherEvents) -> None:
         self._reactor = reactor
         self._events = events
+        # Started with SIGCHLD ignored (inherited SIG_IGN), the kernel reaps our
+        # children itself and their exit statuses are lost: every job would
+        # "succeed". That disposition is not the user's wish for us, so it goes
+        # back to the default (and jobs inherit the default too).
+        if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # One /dev/null for every job's stdin.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._orphans.enable()
