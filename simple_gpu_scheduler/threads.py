@@ -21,7 +21,7 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-#: The signals the scheduling loop handles (`Scheduler.run` installs their handlers).
+#: The signals the engine's loop handles (`engine.loop.Loop.run` installs their handlers).
 MAIN_THREAD_ONLY = frozenset(
     {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1}
 )

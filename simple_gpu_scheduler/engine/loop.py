@@ -31,6 +31,7 @@ import signal
 import time
 from collections import deque
 
+from .. import threads
 from ..errors import ExitCode
 from ..launch.base import LaunchError
 from ..model import events as ev
@@ -55,9 +56,6 @@ if TYPE_CHECKING:
     from .state import JobRecord
     from .timers import Timer
 
-#: The signals the loop handles: the first three stop the run, SIGUSR1 asks
-#: for the status table. Helper threads block them (`threads`).
-HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 #: The longest poll, in seconds: a --timeout of 1000 years is a valid "never".
 LONGEST_WAIT = 86400.0
 
@@ -176,7 +174,9 @@ class Loop:
 
     def _install_handlers(self) -> Tuple[Dict[int, object], int]:
         handlers: Dict[int, object] = {}
-        for signum in HANDLED:
+        # SIGINT, SIGTERM, SIGHUP stop the run; SIGUSR1 asks for the status
+        # table. Helper threads block exactly these (`threads`).
+        for signum in sorted(threads.MAIN_THREAD_ONLY):
             # A signal ignored when we started (nohup, a background job of a
             # non-interactive shell) stays ignored: the Unix convention.
             if signal.getsignal(signum) != signal.SIG_IGN:
