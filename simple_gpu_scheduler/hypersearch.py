@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (options as in 0.1.4, plus --jsonl and --version)."""
     parser = _Parser(
         prog="simple_hypersearch",
+        allow_abbrev=False,  # an option is spelled out, never guessed from a prefix
         description="Print one command per point of a hyperparameter grid, one per line.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ..report.console import Console
 
 NO_GPUS = "no GPUs found; pass --gpus"
+#: By default a GPU on which processes we did not start hold more than this
+#: fraction of the memory is busy (a colleague's job, another container).
+DEFAULT_MAX_MEMORY = 0.10
 BUSY_FLAGS = "--max-gpu-memory, --max-gpu-util and --only-idle"
 
 
@@ -78,13 +81,15 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
-    """``--gpus 0,1 2`` and ``--gpus 0 1 2`` both mean GPUs 0, 1 and 2.
+    """``--gpus 0,1 2``, ``--gpus 0 1 2`` and ``--gpus 0-2`` all mean GPUs 0, 1 and 2.
 
     Ids are kept verbatim (UUIDs and MIG ids work); an empty or repeated id is
     an error, because it always means a typo. Numbers are compared as numbers:
     CUDA reads ``00`` as GPU 0, so ``0,00`` would put two jobs on one GPU.
     Whether a UUID names the same GPU as a number only the hardware can say
-    (`same_gpu_error`, once it has answered).
+    (`same_gpu_error`, once it has answered). An argument that is an existing
+    file (``--gpus 0,1 jobs.txt``: the option takes every word after it) is
+    an error that says how to give a command file.
     """
     ids: List[str] = []
     numbers: Dict[int, str] = {}
@@ -93,15 +98,32 @@ def parse_gpu_ids(values: Sequence[str]) -> Tuple[str, ...]:
             gpu_id = part.strip()
             if not gpu_id:
                 raise UsageError(f"--gpus: empty GPU id in {value!r}")
-            if gpu_id in ids:
-                raise UsageError(f"--gpus: GPU id {gpu_id} is given twice")
-            # isascii: "²".isdigit() is true, but CUDA (and int) read no such number.
-            if gpu_id.isascii() and gpu_id.isdigit():
-                first = numbers.setdefault(int(gpu_id), gpu_id)
-                if first != gpu_id:
-                    raise UsageError(f"--gpus: GPU ids {first} and {gpu_id} name the same GPU")
-            ids.append(gpu_id)
+            for one in _expand(gpu_id):
+                if one in ids:
+                    raise UsageError(f"--gpus: GPU id {one} is given twice")
+                # isascii: "²".isdigit() is true, but CUDA (and int) read no such number.
+                if one.isascii() and one.isdigit():
+                    first = numbers.setdefault(int(one), one)
+                    if first != one:
+                        raise UsageError(f"--gpus: GPU ids {first} and {one} name the same GPU")
+                ids.append(one)
     return tuple(ids)
+
+
+def _expand(gpu_id: str) -> List[str]:
+    """``3`` -> [3], ``0-3`` -> [0, 1, 2, 3]; a file name is refused."""
+    low, dash, high = gpu_id.partition("-")
+    if dash and low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
+        first, last = int(low), int(high)
+        if first > last:
+            raise UsageError(f"--gpus: the range {gpu_id} is empty (write it low-high)")
+        return [str(n) for n in range(first, last + 1)]
+    plain = gpu_id.isascii() and gpu_id.isdigit()
+    if not plain and not gpu_id.startswith(("GPU-", "MIG-")) and os.path.exists(gpu_id):
+        raise UsageError(
+            f"--gpus: {gpu_id} is a file, not a GPU id; commands are read from stdin: "
+            f"simple_gpu_scheduler --gpus ... < {gpu_id}")
+    return [gpu_id]
 
 
 def same_gpu_error(ids: Sequence[str], found: Discovery) -> Optional[UsageError]:
@@ -141,12 +163,24 @@ def usage_error(message: str) -> Exception:
 
 
 def busy_limits(args: argparse.Namespace) -> Optional["Limits"]:
-    """The busy limits, or None when none is given (and the module is not loaded)."""
+    """The busy limits given, or None when none is (and the module is not loaded)."""
     if args.max_gpu_memory is None and args.max_gpu_util is None and not args.only_idle:
         return None
     from ..gpus.busy import Limits
 
     return Limits(memory=args.max_gpu_memory, util=args.max_gpu_util, only_idle=args.only_idle)
+
+
+def limits_or_default(args: argparse.Namespace) -> "Limits":
+    """The busy limits that apply whenever the GPUs can be asked: those given,
+    else the safe default, `DEFAULT_MAX_MEMORY` of a GPU's memory held by
+    processes we did not start (``--max-gpu-memory 100%`` turns it off)."""
+    from ..gpus.busy import Limits, MemoryLimit
+
+    given = busy_limits(args)
+    if given is not None:
+        return given
+    return Limits(memory=MemoryLimit(fraction=DEFAULT_MAX_MEMORY))
 
 
 def wants_all(values: Optional[Sequence[str]]) -> bool:
@@ -192,12 +226,12 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
         console.info(f"found {len(ids)} GPU(s) through {found.source}: {', '.join(ids)}")
     else:
         ids = parse_gpu_ids(args.gpus)
-        # A UUID or MIG id is always looked up: only the hardware can say
-        # whether it names the same device as another id.
-        needs = limits is not None or (args.input == "jsonl" and args.gpu_memory is None) \
-            or any(i.startswith(("GPU-", "MIG-")) for i in ids)
-        if needs:
-            backend, devices = _resolve(ids, limits is not None, console)
+        # The hardware is always asked when it can answer: an id that names no
+        # device is a mistake CUDA would not report (the job would see no GPU),
+        # two ids may name one device, and the busy rule needs it.
+        backend, devices = _resolve(ids, limits is not None, console)
+    if backend is not None and limits is None:
+        limits = limits_or_default(args)
 
     whole = [i for i in ids if not (i in devices and devices[i].is_mig)]
     if args.gpus_per_job > len(ids):
@@ -249,10 +283,7 @@ def _resolve(
     try:
         return backend, resolve_ids(ids, found.devices)
     except ValueError as exc:
-        if required:
-            raise usage_error(f"--gpus: {exc}") from None
-        console.info(f"--gpus: {exc}; the sizes of the GPUs are unknown")
-        return None, {}
+        raise usage_error(f"--gpus: {exc}") from None
 
 
 def _gate(

@@ -85,6 +85,9 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     parser = Parser(
         prog="simple_gpu_scheduler",
+        # No prefixes: `--jobs 4` must not become `--jobs-per-gpu 4` (an
+        # out-of-memory storm), nor `--time` `--timeout`.
+        allow_abbrev=False,
         description="Run shell commands from stdin on GPUs, one job per free GPU slot.",
         epilog=EXAMPLES,
         formatter_class=Formatter,

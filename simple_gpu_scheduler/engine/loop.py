@@ -307,7 +307,12 @@ class Loop:
                 return
             job, gpus = choice
             order.remove(job)
-            self._start(self.state.records[job.id], gpus)
+            record = self.state.records[job.id]
+            self._start(record, gpus)
+            if record.status == QUEUED:
+                # It could not start and goes again (--retries): it is queued
+                # anew, so the order is made anew.
+                order = dispatch_order(self.state.queued())
 
     def _look_at_gpus(self) -> None:
         """Start a look at the hardware when one is due; the sample comes
@@ -419,7 +424,9 @@ class Loop:
         if record.status == RUNNING:
             # Its main process never ended: the attempt ends here, killed.
             record.status = LINGERING
-            record.outcome = Killed(signal.SIGKILL)
+            job = record.job
+            record.outcome = (TimedOut(job.timeout or 0.0, signal.SIGKILL) if record.timed_out
+                              else Killed(signal.SIGKILL))
             self._finish(record, record.outcome, record.gpus, execution.host,
                          execution.started_wall, self.clock() - record.started)
         self._free(record.job, record.gpus)
@@ -448,6 +455,11 @@ class Loop:
         if record.retry and not self.stop_level:
             self.state.requeue(record)
             self.queued += 1
+            return
+        if record.retry:
+            # Its next attempt was announced, and the run stopped since: that
+            # attempt is not started, as it would be had it been queued already.
+            self._not_started(record.job)
             return
         assert record.outcome is not None
         self.state.record(record.job, record.outcome)

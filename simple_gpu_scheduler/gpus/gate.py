@@ -41,13 +41,17 @@ if TYPE_CHECKING:
 
 
 def owner(pid: int, leaders: Leaders) -> Tuple[bool, Optional[int]]:
-    """(exists, our leader pid or None) for a process seen on a GPU."""
+    """(counts, our leader pid or None) for a process seen on a GPU.
+
+    A pid we cannot see in our ``/proc`` belongs to another container or pid
+    namespace, the common case in Docker: it is somebody else's, never ours,
+    and never taken for ended (the driver has just listed it). So every
+    process the driver lists counts; only its owner is in question.
+    """
     try:
         group = os.getpgid(pid)
         session = os.getsid(pid)
-    except ProcessLookupError:
-        return False, None  # it ended between the driver's list and now
-    except PermissionError:
+    except (ProcessLookupError, PermissionError):
         return True, None
     for leader in (group, session):
         if leader in leaders:

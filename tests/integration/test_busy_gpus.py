@@ -94,12 +94,8 @@ def test_only_idle_skips_gpus_with_foreign_processes_not_ours(tmp_path: Path) ->
         send(proc, f"sleep 30 & echo $! > {pidfile}; {SHOW} > {tmp_path}/1; "
                    f"while [ ! -e {gate} ]; do sleep 0.02; done; kill $!")
         grandchild = int(poll_until(lambda: read_lines(pidfile), what="job 1")[0])
-        # The driver now shows our grandchild on GPU 0, and a process that has
-        # already exited (a vanished pid is nobody's).
-        gone = subprocess.Popen(["true"])
-        gone.wait()
-        machine.gpus[0]["processes"] = [{"pid": grandchild, "used": 20 * GiB},
-                                        {"pid": gone.pid, "used": GiB}]
+        # The driver now shows our grandchild on GPU 0.
+        machine.gpus[0]["processes"] = [{"pid": grandchild, "used": 20 * GiB}]
         machine.write()
         samples = machine.samples()
         time.sleep(0.05)  # let the last look age past --poll, so job 2 gets a fresh one

@@ -66,11 +66,13 @@ def test_jobs_per_gpu_caps_memory_packing(tmp_path: Path) -> None:
 
 def test_other_users_memory_and_our_reservations_count(tmp_path: Path) -> None:
     # Someone else holds 50 GiB of 80: one 20 GiB job fits, a second does not,
-    # even before the first has allocated anything.
+    # even before the first has allocated anything. (--max-gpu-memory 100%:
+    # by default a GPU with more than 10% held by others takes no job at all.)
     machine = FakeMachine(tmp_path, [fake_gpu(0, memory_used=50 * GiB)])
     log = tmp_path / "runs"
     jobs = [{"cmd": recorded(log, f"j{i}", 0.2), "mem": "20GiB"} for i in range(2)]
-    result = run_sgs(["--input", "jsonl", "--poll", "0.05", "--lock-dir", str(machine.locks)],
+    result = run_sgs(["--input", "jsonl", "--poll", "0.05", "--max-gpu-memory", "100%",
+                      "--lock-dir", str(machine.locks)],
                      env=machine.env(), input=jsonl(*jobs), text=True)
     assert result.returncode == 0, result.stderr
     assert most_at_once([(s, e) for _, s, e in spans(log).values()]) == 1

@@ -17,12 +17,13 @@ import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from simple_gpu_scheduler.engine.config import Settings
-from simple_gpu_scheduler.engine.loop import HANDLED, Loop
+from simple_gpu_scheduler.engine.loop import Loop
 from simple_gpu_scheduler.engine.state import QUEUED
 from simple_gpu_scheduler.input.reader import InputSource, job_factory
 from simple_gpu_scheduler.launch.base import LaunchError
 from simple_gpu_scheduler.model import events as ev
 from simple_gpu_scheduler.model.jobs import Exited, Job, Killed
+from simple_gpu_scheduler.threads import MAIN_THREAD_ONLY as HANDLED
 
 if TYPE_CHECKING:
     from simple_gpu_scheduler.launch.base import LauncherEvents, Reactor
@@ -341,4 +342,4 @@ def handlers_now() -> Tuple[Tuple[object, ...], int]:
     """The handlers of the signals the loop handles, and the wake-up fd."""
     wakeup = signal.set_wakeup_fd(-1)
     signal.set_wakeup_fd(wakeup)
-    return tuple(signal.getsignal(s) for s in HANDLED), wakeup
+    return tuple(signal.getsignal(s) for s in sorted(HANDLED)), wakeup

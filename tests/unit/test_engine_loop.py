@@ -207,10 +207,6 @@ def test_a_launch_error_is_retried_while_other_jobs_run() -> None:
     assert run.status == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: when the input has ended and the last job's start raises LaunchError "
-    "with a retry left, _settle requeues it after _dispatch has passed it; nothing runs, "
-    "no timer is set and no fd is watched, so the loop blocks in poll(-1) for ever"))
 def test_a_launch_error_retried_after_the_input_ended() -> None:
     # Job 1 runs until well after the input's end was read; when it is cleared, job 2
     # is dispatched, fails to start, and is requeued with nothing left to wake the loop.

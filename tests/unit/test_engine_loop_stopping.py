@@ -344,10 +344,6 @@ def test_a_timed_out_job_that_survives_sigkill_frees_its_gpu(quick_give_up: floa
     assert_counts_add_up(run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: Loop._give_up ends a RUNNING attempt as Killed(SIGKILL) without "
-    "looking at record.timed_out, so a --timeout attempt given up on after SIGKILL is "
-    "reported 'killed by SIGKILL' instead of TimedOut (what Loop.ended reports)"))
 def test_a_timed_out_job_given_up_on_still_timed_out(quick_give_up: float) -> None:
     plans = {1: [Plan(None, term="ignore", kill="never")]}
     run = run_loop(commands(1), plans, timeout=0.005, settings=Settings(kill_grace=0.01))
@@ -381,12 +377,6 @@ def test_a_drain_right_after_a_retry_was_queued_lists_it_as_not_started() -> Non
     assert_counts_add_up(run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a failed attempt that will retry (AttemptEnded retry=True) and lingers "
-    "when a drain comes is, once cleared, counted failed by _settle with no further "
-    "event: the listener's last word on the job says it will run again, and no "
-    "JobNotStarted or final AttemptEnded follows (drained a moment later, after its "
-    "requeue, the same job is listed not started instead)"))
 def test_a_drain_while_a_failed_attempt_lingers_before_its_retry() -> None:
     plans = {1: [Plan(0.002, Exited(1), linger=0.02, term="ignore"), Plan(0.002)]}
     run = run_loop(commands(1), plans, retries=1, signals=[(0.008, signal.SIGINT)])
