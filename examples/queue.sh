@@ -7,4 +7,4 @@
 #
 # `tail -n 0` starts at the end of the file, so old lines are not run again.
 touch gpu.queue
-tail -f -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1 --joblog gpu.joblog
+tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1 --joblog gpu.joblog

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ..gpus.busy import Limits
     from ..gpus.gate import GpuGate
-    from ..model.devices import Device, Discovery
+    from ..model.devices import Backend, Device, Discovery
     from ..report.console import Console
 
 NO_GPUS = "no GPUs found; pass --gpus"
@@ -47,7 +47,8 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-gpu-memory", type=argtypes.fraction_or_size, metavar="FRACTION|SIZE",
         help="a GPU on which other processes use more memory than this (0.1, 10%%, 4GiB) "
-        "is busy: no job starts there until it falls below")
+        "is busy: no job starts there until it falls below (default, whenever NVML or "
+        "nvidia-smi answers: 10%%; 100%% turns the check off)")
     group.add_argument(
         "--max-gpu-util", type=argtypes.percent, metavar="PERCENT",
         help="a GPU used above this utilization is busy (judged while none of our "
@@ -63,7 +64,8 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         "--input", choices=("text", "jsonl"), default="text",
         help="text: one shell command per line; jsonl: one JSON object per line with "
         "cmd and optional gpus, mem, on, name, priority, env, cwd, timeout, retries "
-        "(default: %(default)s)")
+        "(default: %(default)s); a priority orders only the jobs already read (the "
+        "scheduler reads a few commands ahead of what it runs), not the whole input")
     group.add_argument(
         "--gpu-memory", type=argtypes.size, metavar="SIZE",
         help="memory of each GPU that jobs' mem may add up to "
@@ -194,7 +196,7 @@ def wants_all(values: Optional[Sequence[str]]) -> bool:
     return False
 
 
-def discover_all(console: "Console") -> Tuple[object, "Discovery", List["Device"]]:
+def discover_all(console: "Console") -> Tuple["Backend", "Discovery", List["Device"]]:
     """Backend, discovery and the devices ``all`` means here (usage error if none)."""
     from ..gpus.discovery import open_backend
     from ..model.devices import select_visible
@@ -262,13 +264,38 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
     return plan
 
 
+def resolve_given(
+    ids: Sequence[str], console: "Console"
+) -> Tuple["Backend", "Discovery", Dict[str, "Device"]]:
+    """The hardware behind explicit ids, for ``--list-gpus``: a usage error
+    when there is none, or when an id names no device or the same as another."""
+    from ..gpus.discovery import open_backend
+
+    backend, found = open_backend()
+    if backend is None:
+        raise usage_error(f"{NO_GPUS} ({found.error})")
+    return backend, found, _devices_of(ids, found)
+
+
+def _devices_of(ids: Sequence[str], found: "Discovery") -> Dict[str, "Device"]:
+    from ..model.devices import resolve_ids
+
+    duplicate = same_gpu_error(ids, found)
+    if duplicate is not None:
+        raise duplicate
+    try:
+        return resolve_ids(ids, found.devices)
+    except ValueError as exc:
+        raise usage_error(f"--gpus: {exc}") from None
+
+
 def _resolve(
     ids: Sequence[str], required: bool, console: "Console"
-) -> Tuple[object, Dict[str, "Device"]]:
+) -> Tuple[Optional["Backend"], Dict[str, "Device"]]:
     """The hardware behind explicit ``--gpus`` ids. A usage error when busy
-    checks need it; otherwise what cannot be found is simply unknown."""
+    checks need it; without hardware, ids are taken as given. When the
+    hardware answers, an id that names no device is a usage error."""
     from ..gpus.discovery import open_backend
-    from ..model.devices import resolve_ids
 
     backend, found = open_backend()
     if backend is None:
@@ -277,18 +304,12 @@ def _resolve(
                 f"{BUSY_FLAGS} need NVML (pip install \"simple_gpu_scheduler[nvml]\") or "
                 f"nvidia-smi, and neither works here ({found.error})")
         return None, {}
-    duplicate = same_gpu_error(ids, found)
-    if duplicate is not None:
-        raise duplicate
-    try:
-        return backend, resolve_ids(ids, found.devices)
-    except ValueError as exc:
-        raise usage_error(f"--gpus: {exc}") from None
+    return backend, _devices_of(ids, found)
 
 
 def _gate(
     args: argparse.Namespace, ids: Sequence[str], devices: Dict[str, "Device"],
-    backend: object, limits: Optional["Limits"], console: "Console",
+    backend: Optional["Backend"], limits: Optional["Limits"], console: "Console",
 ) -> Optional["GpuGate"]:
     locks = None
     if not args.no_lock:
@@ -309,6 +330,6 @@ def _gate(
         for gpu_id in ids
     }
     return GpuGate(
-        devices=devices, backend=backend, limits=limits, locks=locks,  # type: ignore[arg-type]
+        devices=devices, backend=backend, limits=limits, locks=locks,
         lock_keys=lock_keys, poll=args.poll, say=console.say,
     )

@@ -11,31 +11,26 @@ import os
 import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from .gpu_options import NO_GPUS, busy_limits, discover_all, parse_gpu_ids, usage_error, wants_all
+from .gpu_options import discover_all, limits_or_default, parse_gpu_ids, resolve_given, wants_all
 
 if TYPE_CHECKING:
+    from ..model.devices import GpuProcess
     from ..report.console import Console
 
 
 def list_gpus(args: argparse.Namespace, console: "Console") -> int:
     """Print the GPUs a run would use, with their use and busy verdict, on stdout."""
-    from ..gpus.busy import Limits, judge
-    from ..model.devices import resolve_ids
+    from ..gpus.busy import judge
 
-    limits = busy_limits(args) or Limits()
+    # The verdict a run would reach: the same limits, the default included,
+    # and every process on a GPU counted as somebody else's (none is ours here).
+    limits = limits_or_default(args)
     if wants_all(args.gpus):
         backend, found, usable = discover_all(console)
     else:
-        from ..gpus.discovery import open_backend
-
-        backend, found = open_backend()
-        if backend is None:
-            raise usage_error(f"{NO_GPUS} ({found.error})")
-        try:
-            usable = list(resolve_ids(parse_gpu_ids(args.gpus), found.devices).values())
-        except ValueError as exc:
-            raise usage_error(f"--gpus: {exc}") from None
-    usages = backend.sample(usable)  # type: ignore[attr-defined]
+        backend, found, devices = resolve_given(parse_gpu_ids(args.gpus), console)
+        usable = list(devices.values())
+    usages = backend.sample(usable)
     rows = []
     for device in usable:
         usage = usages.get(device.id)
@@ -49,9 +44,10 @@ def list_gpus(args: argparse.Namespace, console: "Console") -> int:
             busy = f"yes: {verdict.busy}" if verdict.busy else "no"
         else:
             busy = "?"
+        others = _processes(usage.processes if usage is not None else None)
         rows.append((device.index, device.uuid, device.name, _memory(used, total),
-                     "-" if util is None else f"{util}%", busy))
-    lines = _table(("INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY"), rows)
+                     "-" if util is None else f"{util}%", busy, others))
+    lines = _table(("INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY", "PROCESSES"), rows)
     try:
         sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
@@ -62,6 +58,33 @@ def list_gpus(args: argparse.Namespace, console: "Console") -> int:
     console.info(f"{len(rows)} GPU(s) through {found.source}; use the INDEX of a whole GPU "
                  "or the UUID of a MIG instance with --gpus and in JSONL 'on'")
     return 0
+
+
+def _processes(processes: Optional[Sequence[GpuProcess]]) -> str:
+    """``alice:4242(18.0GiB) bob:77(?)``: who holds the GPU, as ``gpustat -up``
+    shows it; ``?`` for a process in another container (no such pid here)."""
+    if processes is None:
+        return "?"
+    from ..model.units import format_size
+
+    shown = []
+    for process in sorted(processes, key=lambda p: p.pid):
+        size = "?" if process.used is None else format_size(process.used)
+        shown.append(f"{_user(process.pid)}:{process.pid}({size})")
+    return " ".join(shown) or "-"
+
+
+def _user(pid: int) -> str:
+    import pwd
+
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _memory(used: Optional[int], total: Optional[int]) -> str:

@@ -34,7 +34,7 @@ examples:
   simple_hypersearch "python train.py --lr {lr}" -p lr 1e-2 1e-3 | simple_gpu_scheduler --gpus 0 1
 
   # a live queue: append commands to gpu.queue at any time
-  touch gpu.queue; tail -f -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
+  touch gpu.queue; tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
   echo "python train.py --seed 1 > seed1.log" >> gpu.queue
 
   # two jobs on each GPU, every job on two GPUs, output tagged per job
@@ -94,9 +94,11 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--gpus", nargs="+", metavar="ID",
-        help="GPU ids to use, comma- or space-separated (ids, UUIDs or MIG ids, "
-        "passed verbatim in CUDA_VISIBLE_DEVICES), or all (the default): every GPU "
-        "NVML or nvidia-smi finds, within CUDA_VISIBLE_DEVICES if set",
+        help="GPU ids to use, comma- or space-separated, ranges too (0-3; ids, UUIDs or "
+        "MIG ids, passed verbatim in CUDA_VISIBLE_DEVICES; checked against NVML or "
+        "nvidia-smi when either answers), or all (the default): every GPU NVML or "
+        "nvidia-smi finds, within CUDA_VISIBLE_DEVICES if set. Commands come on stdin "
+        "(< jobs.txt), never as a file argument",
     )
     parser.add_argument(
         "--jobs-per-gpu", type=argtypes.positive_int, metavar="K",

@@ -35,6 +35,7 @@ from .streams import Passthrough
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
+    import select
     import subprocess
     from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -118,6 +119,10 @@ class LocalLauncher:
         self._output = output or Passthrough()
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._devnull = -1
+        #: /dev/null for writing, once our stdout is gone (see `_stdout_for_job`)
+        self._sink = -1
+        self._stdout_gone = False
+        self._stdout_poll: Optional[select.poll] = None
         self._reactor: Optional[Reactor] = None
         self._events: Optional[LauncherEvents] = None
         #: leader pid -> execution, from start until nothing of it is left
@@ -302,12 +307,40 @@ class LocalLauncher:
 
     # --- starting -------------------------------------------------------------
 
+    def _stdout_for_job(self, streams: JobStreams) -> Optional[int]:
+        """The fd a job gets as stdout: its own (``--tag``, ``--log-dir``), else
+        ours, unless ours is gone.
+
+        A job that writes to a pipe whose reader has gone (``| head -1``) dies
+        of SIGPIPE, as in any pipeline. Once we know our stdout is gone (the
+        write end of a pipe with no reader reports POLLERR), the jobs that
+        start afterwards write to /dev/null instead: the stream goes quiet and
+        the run goes on, as the README says. A job already running when the
+        reader left is not ours to save.
+        """
+        if streams.out is not None:
+            return streams.out
+        if not self._stdout_gone:
+            if self._stdout_poll is None:
+                import select
+
+                self._stdout_poll = select.poll()
+                self._stdout_poll.register(1, 0)  # errors only: POLLERR, POLLHUP, POLLNVAL
+            for _, revents in self._stdout_poll.poll(0):
+                if revents & 0x008:  # POLLERR
+                    self._stdout_gone = True
+        if not self._stdout_gone:
+            return None
+        if self._sink < 0:
+            self._sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return self._sink
+
     def _spawn(self, command: bytes, env: Mapping[str, str], streams: JobStreams) -> int:
         """``posix_spawn``: the child execs the shell directly after ``setsid``,
         without the Python-side work of `subprocess` (a sixth of the cost of
         a short job). Exec errors (no shell, E2BIG) still raise here."""
         actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0)]
-        for fd, target in ((streams.out, 1), (streams.err, 2)):
+        for fd, target in ((self._stdout_for_job(streams), 1), (streams.err, 2)):
             if fd is not None:
                 actions.append((os.POSIX_SPAWN_DUP2, fd, target))
         spawn = os.posix_spawn if "/" in self.shell else os.posix_spawnp
@@ -327,7 +360,8 @@ class LocalLauncher:
         import subprocess  # only here: a run without ``cwd`` never needs it
 
         return subprocess.Popen(
-            [self.shell, "-c", command], stdin=self._devnull, stdout=streams.out,
+            [self.shell, "-c", command], stdin=self._devnull,
+            stdout=self._stdout_for_job(streams),
             stderr=streams.err, env=env, cwd=cwd, start_new_session=True,
         )
 

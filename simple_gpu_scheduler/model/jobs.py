@@ -74,12 +74,26 @@ class Job:
     def text(self, limit: Optional[int] = None) -> str:
         """The command for messages: undecodable bytes escaped, one line, maybe cut."""
         text = self.command.decode("utf-8", "backslashreplace")
-        text = text.replace("\\\n", "\\ ").replace("\n", "\\n")
+        if "\\\n" in text:
+            text = _joined(text)
+        text = text.replace("\n", "\\n")
         if not text.isprintable():
             text = "".join(c if c.isprintable() else _escape(c) for c in text)
         if limit is not None and len(text) > limit:
             text = text[: max(0, limit - 3)] + "..."
         return text
+
+
+def _joined(text: str) -> str:
+    """A backslash-continued command as the shell reads it: each backslash-
+    newline removed, and the blanks around it (the next line's indent) shown
+    as one space, where there were any."""
+    parts = text.split("\\\n")
+    joined = parts[0]
+    for part in parts[1:]:
+        blank = joined[-1:] in (" ", "\t") or part[:1] in (" ", "\t")
+        joined = joined.rstrip(" \t") + (" " if blank else "") + part.lstrip(" \t")
+    return joined
 
 
 def _escape(char: str) -> str:

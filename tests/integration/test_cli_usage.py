@@ -89,7 +89,7 @@ def test_help_has_worked_examples() -> None:
     for needle in ("--gpus", "--jobs-per-gpu", "--gpus-per-job", "--shell", "--tag",
                    "--log-dir", "--kill-grace", "--quiet", "--verbose", "--version",
                    "examples:", "simple_gpu_scheduler --gpus 0,1,2 < jobs.txt",
-                   "tail -f", "SIGUSR1", "exit status"):
+                   "tail -F", "SIGUSR1", "exit status"):
         assert needle in text, needle
     flat = " ".join(text.split())  # argparse wraps help lines
     assert "jobs that may share one GPU (default: 1" in flat

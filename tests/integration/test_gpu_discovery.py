@@ -5,6 +5,7 @@ The installed scheduler runs for real; only the hardware is fake.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -150,13 +151,16 @@ def test_list_gpus(tmp_path: Path) -> None:
                      env=machine.env(), input="", text=True)
     assert result.returncode == 0, result.stderr
     head, *rows = result.stdout.splitlines()
-    assert head.split() == ["INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY"]
+    assert head.split() == ["INDEX", "UUID", "NAME", "MEMORY", "UTIL", "BUSY", "PROCESSES"]
     assert len(rows) == 3
     assert rows[0].split()[:2] == ["0", machine.gpus[0]["uuid"]]
     assert "30.0GiB / 80.0GiB" in rows[0] and "yes: 30.0GiB of its memory" in rows[0]
     assert "95%" in rows[1] and "yes: 95% utilization" in rows[1]
     assert rows[2].split()[:2] == ["2:0", machine.gpus[2]["mig"][0]["uuid"]]
-    assert rows[2].rstrip().endswith("no")
+    assert rows[2].split()[-2:] == ["no", "-"]
+    # Who holds a GPU, as gpustat -up shows it: user:pid(memory).
+    owner = __import__("pwd").getpwuid(os.stat("/proc/1").st_uid).pw_name
+    assert rows[0].endswith(f"{owner}:1(30.0GiB)")
     assert not machine.calls("nvml nvmlShutdown")
 
 
