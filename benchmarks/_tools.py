@@ -8,6 +8,11 @@ Every tool gets the same command lines on stdin and runs each line as
 - orig:     simple_gpu_scheduler --gpus 0,..,K-1  (0.1.4; subprocess shell=True is /bin/sh)
 - ours:     simple_gpu_scheduler --gpus 0,..,K-1 --shell /bin/sh
 
+W1 and W5 also have "login shell default" rows, reported apart: ours with
+`SHELL=/bin/bash` and no `--shell` (so each line runs as `bash -c LINE`), and,
+in W1, xargs with `bash -c` as their like-for-like reference. 0.1.4 has no such
+row: it runs lines with `subprocess` `shell=True`, i.e. /bin/sh whatever `$SHELL` is.
+
 The two schedulers are installed into throw-away virtual environments and run
 through the environment's console script, so both are measured the same way.
 """
@@ -26,6 +31,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 ORIG_SPEC = "simple-gpu-scheduler==0.1.4"
+#: The shell every tool runs each line with in the like-for-like rows.
+SH = "/bin/sh"
+#: The `$SHELL` of the "login shell default" rows: ours without `--shell` runs
+#: `$SHELL -c LINE` (a user's usual setting; bash starts slower than dash).
+LOGIN_SHELL = "/bin/bash"
 PARALLEL_TEMPLATE = "CUDA_VISIBLE_DEVICES=$(({%}-1)) {=uq=}"
 ALL_TOOLS = ("xargs", "parallel", "orig", "ours")
 ALIASES = {"0.1.4": "orig", "original": "orig", "gnu-parallel": "parallel"}
@@ -55,23 +65,36 @@ class Tool:
         """True for simple_gpu_scheduler (ours or the original)."""
         return self.key in ("orig", "ours")
 
-    def argv(self, slots: int, extra: Sequence[str] = ()) -> list[str]:
-        """The command line that runs stdin's commands on `slots` slots."""
+    def argv(self, slots: int, extra: Sequence[str] = (),
+             shell: Optional[str] = SH) -> list[str]:
+        """The command line that runs stdin's commands on `slots` slots.
+
+        `shell` runs each line: xargs runs `sh -c` (PATH lookup, as before) or
+        `SHELL -c`; ours gets `--shell SHELL`, or no `--shell` at all when
+        `shell` is None (its default: `$SHELL`, see `login_default_env`).
+        GNU parallel and 0.1.4 always use /bin/sh here.
+        """
         gpus = ",".join(str(i) for i in range(slots))
         if self.key == "xargs":
             return ["xargs", "-d", "\n", "-n", "1", "-P", str(slots),
-                    "--process-slot-var=CUDA_VISIBLE_DEVICES", *extra, "sh", "-c"]
+                    "--process-slot-var=CUDA_VISIBLE_DEVICES", *extra,
+                    "sh" if shell in (SH, None) else shell, "-c"]
         if self.key == "parallel":
             return ["parallel", "--will-cite", "-j", str(slots), *extra, PARALLEL_TEMPLATE]
         if self.key == "orig":
             return [str(self.script), "--gpus", gpus, *extra]
-        return [str(self.script), "--gpus", gpus, "--shell", "/bin/sh", *extra]
+        return [str(self.script), "--gpus", gpus, *(["--shell", shell] if shell else []),
+                *extra]
 
     def environ(self) -> dict:
         """The environment the tool runs in (no inherited CUDA_VISIBLE_DEVICES)."""
         env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
         env.update(self.env)
         return env
+
+    def login_default_env(self) -> dict:
+        """`environ()` with `SHELL=LOGIN_SHELL`: for ours run without `--shell`."""
+        return {**self.environ(), "SHELL": LOGIN_SHELL}
 
 
 def parse_tools(text: str) -> list[str]:

@@ -10,7 +10,10 @@ Every tool gets the same commands on stdin and runs each one as `sh -c LINE`
 with CUDA_VISIBLE_DEVICES set to its slot (see `_tools.py` for the exact command
 lines). The reference is `xargs -P K --process-slot-var=CUDA_VISIBLE_DEVICES`
 with one `sh -c` per command: it is about the least work any such tool can do,
-so its time is the near-limit baseline.
+so its time is the near-limit baseline. Ours runs with `--shell /bin/sh` in
+every like-for-like row; W1 and W5 add rows of their own, "login shell default",
+for ours without `--shell` and with `SHELL=/bin/bash` (each line as `bash -c`),
+with, in W1, `xargs -P ... bash -c` as their reference.
 
 Runs are interleaved: a repetition runs every tool once (A B C D), and the next
 repetition rotates the order (B C D A, C D A B, ...), so slow drifts of the
@@ -114,7 +117,9 @@ def header(args: argparse.Namespace, argv: Sequence[str], notes: dict) -> str:
     """Title, reproduce command, machine, and how each tool runs (or why it was skipped)."""
     command = " ".join(["python benchmarks/run.py", *map(shlex.quote, argv)])
     lines = ["# simple_gpu_scheduler benchmarks", "", f"Reproduce: `{command}`", "",
-             "Machine:", *machine_lines(REPO), "", "Tools (every command runs as `sh -c LINE`):"]
+             "Machine:", *machine_lines(REPO), "",
+             "Tools (every command runs as `sh -c LINE`, except in the W1 and W5 rows "
+             "marked “login shell default”: see their notes):"]
     lines += [f"- {key}: {notes[key]}" for key in args.tool_keys]
     if args.quick:
         lines += ["", "**--quick: tiny sizes, the numbers are not meaningful.**"]
