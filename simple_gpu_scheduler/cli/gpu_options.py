@@ -231,7 +231,10 @@ def plan_gpus(args: argparse.Namespace, console: "Console") -> GpuPlan:
         # The hardware is always asked when it can answer: an id that names no
         # device is a mistake CUDA would not report (the job would see no GPU),
         # two ids may name one device, and the busy rule needs it.
-        backend, devices = _resolve(ids, limits is not None, console)
+        from ..gpus.presence import may_answer
+
+        if limits is not None or may_answer():
+            backend, devices = _resolve(ids, limits is not None, console)
     if backend is not None and limits is None:
         limits = limits_or_default(args)
 

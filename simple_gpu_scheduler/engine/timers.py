@@ -7,9 +7,9 @@ scheduler uses no CPU. Cancelled timers are dropped lazily.
 
 from __future__ import annotations
 
+import _thread
 import heapq
 import itertools
-import threading
 import time
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -52,7 +52,7 @@ class Timers:
             return None
         # A --timeout of 1000 years is a valid "never": the wait is capped
         # at what the lock primitive accepts, and the loop simply waits again.
-        return min(threading.TIMEOUT_MAX, max(0.0, self._heap[0][0] - self._clock()))
+        return min(_thread.TIMEOUT_MAX, max(0.0, self._heap[0][0] - self._clock()))
 
     def fire(self) -> None:
         """Run the actions whose deadline has passed, earliest first."""

@@ -8,10 +8,10 @@ that ``nvidia-smi`` cannot fill (``[N/A]``, ``[Not Supported]``) becomes None.
 
 from __future__ import annotations
 
-import os
 import re
 
 from ..model.record import Record
+from .presence import on_path
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -135,19 +135,9 @@ def parse_mig_list(text: str) -> Dict[str, List[Tuple[str, str, str]]]:
     return found
 
 
-def installed() -> bool:
-    """Whether ``nvidia-smi`` is on PATH: asked before `subprocess` is
-    imported, since every run with explicit ``--gpus`` asks the hardware and
-    most machines that run the tests have no GPU."""
-    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if os.access(os.path.join(folder or ".", "nvidia-smi"), os.X_OK):
-            return True
-    return False
-
-
 def run(*args: str, timeout: float = 20.0) -> SmiResult:
     """Run ``nvidia-smi ARGS``; its stdout, or the reason it gave none."""
-    if not installed():
+    if not on_path("nvidia-smi"):  # asked before importing subprocess
         return SmiResult("", "nvidia-smi is not installed")
     import subprocess  # only here: 3 ms of start-up that a run without GPUs never needs
 

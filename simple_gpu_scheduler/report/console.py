@@ -10,8 +10,8 @@ hung-up terminal (EPIPE, EIO) silences that stream instead of raising.
 
 from __future__ import annotations
 
+import _thread  # not `threading`: a lock is all we need, and threading costs start-up
 import os
-import threading
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 #: One lock per stream, so that lines never interleave inside a line; one
 #: lock per stream, not one for both, so that a slow reader of stdout (a job's
 #: output tagged into a paused pager) never holds up the scheduler's stderr.
-_locks: Dict[int, threading.Lock] = {1: threading.Lock(), 2: threading.Lock()}
+_locks: Dict[int, _thread.LockType] = {1: _thread.allocate_lock(), 2: _thread.allocate_lock()}
 _broken: Dict[int, bool] = {}
 #: The ``--progress`` line on a terminal: (fd, text), taken away before every
 #: write to that terminal and drawn again after it.
@@ -46,10 +46,10 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def _lock(fd: int) -> threading.Lock:
+def _lock(fd: int) -> _thread.LockType:
     if fd in _status_fds and _status is not None:
         return _locks[_status[0]]  # both streams draw on one terminal line
-    return _locks.setdefault(fd, threading.Lock())
+    return _locks.setdefault(fd, _thread.allocate_lock())
 
 
 def write_fd(fd: int, data: bytes) -> bool:
@@ -68,7 +68,7 @@ def write_fd(fd: int, data: bytes) -> bool:
 def set_status_line(fd: int, text: Optional[bytes]) -> None:
     """Draw `text` as the status line on terminal `fd`, or remove it (None)."""
     global _status, _status_fds
-    with _locks.setdefault(fd, threading.Lock()):
+    with _locks.setdefault(fd, _thread.allocate_lock()):
         _write_all(fd, _ERASE + (text or b""))
         if text is None:
             _status, _status_fds = None, frozenset()

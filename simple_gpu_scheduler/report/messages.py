@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ..model import events as ev
 from ..model.jobs import FailedToStart, format_duration, gpu_label
-from .status import status_table
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -133,6 +132,8 @@ class ConsoleReport:
             self.console.debug(event.text)
 
     def _status(self, event: ev.StatusAsked) -> None:
+        from .status import status_table  # only on SIGUSR1
+
         for line in status_table(event.snapshot, width=self.status_width()):
             self.console.line(line)
 
