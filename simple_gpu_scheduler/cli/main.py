@@ -34,7 +34,10 @@ examples:
   simple_hypersearch "python train.py --lr {lr}" -p lr 1e-2 1e-3 | simple_gpu_scheduler --gpus 0 1
 
   # a live queue: append commands to gpu.queue at any time
-  touch gpu.queue; tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
+  touch gpu.queue; simple_gpu_scheduler --gpus 0,1 --queue-file gpu.queue
+  # the same with tail (follow the name: -F, not -f; a replaced file is
+  # read again from its first line, so its commands run again)
+  tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
   echo "python train.py --seed 1 > seed1.log" >> gpu.queue
 
   # two jobs on each GPU, every job on two GPUs, output tagged per job
@@ -123,6 +126,12 @@ def build_parser() -> Parser:
         "--log-dir", metavar="DIR",
         help="write each job's output to DIR/<job id>.out and .err (DIR is created)",
     )
+    parser.add_argument(
+        "--queue-file", metavar="FILE",
+        help="read commands from FILE instead of stdin, and keep following it as lines "
+        "are appended (echo CMD >> FILE), also when an editor or sed -i replaces it: "
+        "each line number runs once, so the lines already read are never run again; "
+        "the run ends on Ctrl-C")
     parser.add_argument(
         "--kill-grace", type=argtypes.seconds, default=10.0, metavar="SECONDS",
         help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
@@ -258,7 +267,7 @@ def _main(argv: Optional[List[str]]) -> int:
         from ..report.progress import ProgressLine
 
         progress = ProgressLine(tty=os.isatty(2))
-    if sys.stdin is not None and sys.stdin.isatty():
+    if args.queue_file is None and sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")
     return _run(args, plan, console, output, joblog, resume_filter, resume_hint, progress)
 
@@ -278,10 +287,18 @@ def _run(
     from ..report.status import terminal_width
 
     jsonl = args.input == "jsonl"
-    source = InputSource(
-        0, job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
-                       retries=args.retries, aliases=plan.aliases),
-        continuation=not jsonl)
+    make_job = job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
+                           retries=args.retries, aliases=plan.aliases)
+    source: InputSource
+    if args.queue_file is not None:
+        from ..input.queuefile import QueueFileSource
+
+        try:
+            source = QueueFileSource(args.queue_file, make_job, continuation=not jsonl)
+        except OSError as exc:
+            raise UsageError(f"--queue-file {args.queue_file}: {exc.strerror}") from None
+    else:
+        source = InputSource(0, make_job, continuation=not jsonl)
     launcher = LocalLauncher(shell=args.shell, output=output)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,

@@ -63,6 +63,10 @@ def job_factory(
 class InputSource:
     """The commands on one file descriptor, cut and numbered from 1."""
 
+    #: None: the loop waits for `fd` to be readable. A number: `fd` cannot be
+    #: waited for (a regular file that grows), so the loop looks this often.
+    interval: Optional[float] = None
+
     def __init__(self, fd: int, make_job: JobFactory, continuation: bool = True) -> None:
         self.fd = fd
         self._make_job = make_job
