@@ -456,14 +456,14 @@ PROGRESS_STATUS = re.compile(
 
 
 def started_ids(stderr: str) -> List[int]:
-    """The ids of the ``job N started`` lines, in order."""
-    return [int(m) for m in re.findall(r"^\[sgs\] job (\d+) started", stderr, re.M)]
+    """The ids of the ``job N started`` lines (``job N (name) started``), in order."""
+    return [int(m) for m in re.findall(r"^\[sgs\] job (\d+)(?: \(.*?\))? started", stderr, re.M)]
 
 
 def not_started(stderr: str) -> Dict[int, str]:
     """job id -> command of every ``not started`` line."""
     return {int(i): text for i, text in
-            re.findall(r"^\[sgs\] not started: job (\d+): (.*)$", stderr, re.M)}
+            re.findall(r"^\[sgs\] not started: job (\d+)(?: \(.*?\))?: (.*)$", stderr, re.M)}
 
 
 # --- the fake GPUs ----------------------------------------------------------------

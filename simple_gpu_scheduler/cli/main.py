@@ -117,14 +117,17 @@ def build_parser() -> Parser:
         help="shell that runs each command as PATH -c COMMAND "
         "(default: $SHELL, else your login shell, else /bin/sh)",
     )
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument(
+    parser.add_argument(
         "--tag", action="store_true",
-        help="prefix every line a job prints with [<job id>|gpu <ids>]",
+        help="prefix every line a job prints with [<job id>|gpu <ids>]; with --log-dir, "
+        "output goes to the log files and, tagged, to stdout and stderr too",
     )
-    out.add_argument(
+    parser.add_argument(
         "--log-dir", metavar="DIR",
-        help="write each job's output to DIR/<job id>.out and .err (DIR is created)",
+        help="write each job's output to DIR/<job id>.out and .err, DIR/<job id>-<name>.* "
+        "for a JSON line with a name (DIR is created). A log file is never truncated: "
+        "a rerun or retry appends, after a '--- simple_gpu_scheduler: job N attempt K, "
+        "DATE TIME ---' line when the file already holds something",
     )
     parser.add_argument(
         "--queue-file", metavar="FILE",
@@ -183,7 +186,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--progress", action="store_true",
         help="show a status line on stderr (redrawn on a terminal, a plain line every "
-        "few seconds otherwise)",
+        "few seconds otherwise); when stdin is a regular file its commands are counted "
+        "first, so the line shows the whole queue and an ETA from the start",
     )
 
 
@@ -249,7 +253,7 @@ def _main(argv: Optional[List[str]]) -> int:
             os.makedirs(args.log_dir, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--log-dir: cannot create {args.log_dir}: {exc.strerror}") from None
-        output: OutputMode = LogDir(args.log_dir)
+        output: OutputMode = LogDir(args.log_dir, tag=args.tag)
     elif args.tag or args.progress:
         # --progress redraws a line on the terminal: job output must come
         # through our line-wise writer so that it never tears a line.
@@ -280,7 +284,7 @@ def _run(
     """Build the engine's collaborators and run it: the composition root."""
     from ..engine.config import Settings
     from ..engine.loop import Loop
-    from ..input.reader import InputSource, job_factory
+    from ..input.reader import InputSource, count_commands, job_factory
     from ..launch.local import LocalLauncher
     from ..placement.pool import GpuPool
     from ..report.messages import ConsoleReport
@@ -308,8 +312,11 @@ def _run(
         skip=resume_filter.skip if resume_filter is not None else None,
         memory_known=bool(plan.memory),
         progress_every=progress.interval if progress is not None else None)
+    # A regular file's commands are counted up front (not held), so that the
+    # progress line shows the whole queue and an ETA from the start.
+    total = count_commands(0, continuation=not jsonl) if progress is not None else None
     loop = Loop(settings, launcher, source, pool, report, gate=plan.gate,
-                owners=launcher.leaders)
+                owners=launcher.leaders, total=total)
     if plan.gate is not None:
         from ..model.events import Notice
 

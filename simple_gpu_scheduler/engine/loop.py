@@ -67,6 +67,7 @@ class Loop:
         sampler: Optional[Sampler] = None,
         owners: Callable[[], Mapping[int, Job]] = dict,
         clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+        total: Optional[int] = None,
     ) -> None:
         self.settings = settings
         self.launcher = launcher
@@ -81,6 +82,8 @@ class Loop:
         self.wall = wall
         self.timers = Timers(clock)
         self.state = RunState(clock)
+        #: how many commands the input holds, if counted up front (progress only)
+        self.state.total = total
         self.ladder = StopLadder(self.call_at, clock, settings.kill_grace, self._give_up)
         self.read_ahead = max(8, 2 * pool.total_slots)
         self.queued = 0  # records with status QUEUED
@@ -280,6 +283,7 @@ class Loop:
         self._take_input()
 
     def _job_read(self, job: Job) -> None:
+        self.state.read += 1
         skip = self.settings.skip
         if skip is not None and skip(job.command):
             self.state.skipped += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from ..model.jobs import NotStarted
+from ..model.jobs import NotStarted, printable
 from ..model.snapshot import RunningView, Snapshot
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -70,6 +70,11 @@ class RunState:
         self.skipped = 0
         self.input_open = True
         self.started_at = clock()
+        #: commands the whole input holds, when known up front (``--progress``
+        #: on a regular file), else None
+        self.total: Optional[int] = None
+        #: commands taken from the input so far (skipped ones too)
+        self.read = 0
 
     # --- transitions ------------------------------------------------------------
 
@@ -134,16 +139,21 @@ class RunState:
     def snapshot(self, now: Optional[float] = None) -> Snapshot:
         now = self._clock() if now is None else now
         running = tuple(
-            RunningView(r.job.id, r.gpus, now - r.started, r.job.text())
+            RunningView(r.job.id, r.gpus, now - r.started, r.job.text(),
+                        printable(r.job.name) if r.job.name else None)
             for r in sorted(self.with_status(RUNNING), key=lambda r: r.job.id)
         )
+        queued = sum(1 for _ in self.with_status(QUEUED))
+        if self.total is not None and self.input_open:
+            queued += max(0, self.total - self.read)  # not read yet
         return Snapshot(
             running=running,
-            queued=sum(1 for _ in self.with_status(QUEUED)),
+            queued=queued,
             succeeded=self.succeeded,
             failed=self.failed,
             not_started=len(self.not_started_ids),
             skipped=self.skipped,
             input_open=self.input_open,
             elapsed=now - self.started_at,
+            total=self.total,
         )

@@ -14,6 +14,7 @@ the summary's counts add up to what was read.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 
 from ..model.jobs import Job
@@ -32,6 +33,67 @@ if TYPE_CHECKING:
 #: Bytes per read. Small enough that the commands of one chunk cost little
 #: memory while they wait for room, large enough for few system calls.
 CHUNK = 16 * 1024
+#: Bytes per read when counting the commands of a file up front: less than
+#: the longest command, so a line inside one chunk is never an over-long one.
+COUNT_CHUNK = 64 * 1024
+assert COUNT_CHUNK < MAX_COMMAND_BYTES
+
+
+def count_commands(fd: int, continuation: bool = True) -> Optional[int]:
+    """How many commands the regular file on `fd` holds from its current offset
+    on, cut as `InputSource` cuts them (comments, blank lines and continuations
+    count as the run counts them), or None when `fd` is no regular file (a pipe,
+    a terminal: its end is not known) or cannot be read.
+
+    Reads with ``os.pread``: the fd's offset does not move, and nothing is
+    held but one chunk. For ``--progress``, which can then show the whole queue
+    and an ETA from the start. Each chunk's first line and its cut last line go
+    through the same `LineSplitter` and `CommandAssembler` as the run; the
+    whole lines between are counted at C speed (lines minus blank and comment
+    lines) unless a backslash could make one a continuation.
+    """
+    import re
+
+    skipped = re.compile(rb"^[ \t\x0b\x0c\r]*(?:#[^\n]*)?\n", re.M)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        splitter = LineSplitter(MAX_COMMAND_BYTES + 1)
+        assembler = CommandAssembler(continuation=continuation)
+        count = 0
+        #: the last chunk's cut line holds a backslash: this chunk's first
+        #: newline may end a line that continues
+        carry = False
+
+        def slow(data: bytes) -> int:
+            return sum(assembler.feed(line) is not None for line in splitter.feed(data))
+
+        while True:
+            chunk = os.pread(fd, COUNT_CHUNK, offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            first = chunk.find(b"\n") + 1
+            last = chunk.rfind(b"\n") + 1
+            if not first:
+                count += slow(chunk)
+                carry = carry or b"\\" in chunk
+                continue
+            head, middle, tail = chunk[:first], chunk[first:last], chunk[last:]
+            count += slow(head)  # ends what the last chunk left open
+            if continuation and (carry or b"\\" in head or b"\\" in middle):
+                count += slow(middle)
+            else:
+                count += middle.count(b"\n") - len(skipped.findall(middle))
+            count += slow(tail)
+            carry = b"\\" in tail
+    except OSError:
+        return None
+    end = splitter.end()
+    if end is not None and assembler.feed(end) is not None:
+        count += 1
+    return count + (assembler.end() is not None)
 
 
 def job_factory(

@@ -158,7 +158,7 @@ class LocalLauncher:
         if job.invalid:
             raise LaunchError(job.invalid)
         try:
-            streams = self._output.streams(job.id, gpus, job.attempts)
+            streams = self._output.streams(job.id, gpus, job.attempts, job.name)
         except OSError as exc:
             raise LaunchError(f"cannot open its log file: {exc.strerror}: {exc.filename}") from None
         env = job_environment(self._base_env, job, gpus)

@@ -1,6 +1,8 @@
 """Where a local job's output goes: our stdout and stderr untouched
 (passthrough), piece by piece with a prefix (``--tag``, and ``--progress``
-with an empty prefix), or one file per job and stream (``--log-dir``).
+with an empty prefix), one file per job and stream (``--log-dir``), or both:
+with ``--tag --log-dir`` the copy writes what the job prints to its file, as
+it was printed, and the pieces, tagged, to our stream.
 
 The copy (`TagPump`) reads a stream with ``os.read`` and holds at most
 `BOUND` bytes of it, whatever the job prints. It cuts the stream into pieces
@@ -19,12 +21,18 @@ The copy (`TagPump`) reads a stream with ``os.read`` and holds at most
 
 Every piece is one `write_fd` call of prefix and piece, so lines of concurrent
 jobs are never mixed inside a line.
+
+A log file is never truncated: a rerun into the same directory, a retry and a
+``--resume-failed`` run append, and when the file already holds something, a
+one-line marker (`marker`) comes first, so an earlier run's output is never
+lost and each attempt's part can be found.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 from .. import threads
 from ..report.console import write_fd
@@ -90,8 +98,12 @@ class TagPump:
     `finish` wait for the stream's end."""
 
     def __init__(self, source: int, fd: int, prefix: bytes,
-                 on_done: Optional[Callable[[], None]] = None) -> None:
+                 on_done: Optional[Callable[[], None]] = None,
+                 file: Optional[int] = None) -> None:
         self._source = source
+        #: a log file (``--log-dir`` with ``--tag``) that gets every byte read,
+        #: unprefixed and uncut; this takes it over and closes it at the end
+        self._file = file
         #: called from the copy's thread once the stream has ended
         self._on_done = on_done
         self._fd = fd
@@ -124,15 +136,31 @@ class TagPump:
                 chunk = os.read(self._source, pieces.room())
                 if not chunk:
                     break
+                if self._file is not None:
+                    self._to_file(chunk)
                 self._write(pieces.feed(chunk))
             self._write(pieces.end())
         except OSError:
             pass  # the pipe went away under us: nothing left to copy
         finally:
             os.close(self._source)
+            if self._file is not None:
+                os.close(self._file)
             self._done.release()
             if self._on_done is not None:
                 self._on_done()
+
+    def _to_file(self, chunk: bytes) -> None:
+        """All of `chunk` to the log file. A file that cannot be written (a
+        full disk) is given up on; the tagged copy goes on."""
+        assert self._file is not None
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self._file, view):]
+        except OSError:
+            os.close(self._file)
+            self._file = None
 
     def _write(self, pieces: List[bytes]) -> None:
         for piece in pieces:
@@ -148,11 +176,11 @@ class JobStreams:
 
     def __init__(
         self, out: Optional[int] = None, err: Optional[int] = None,
-        copies: Tuple[Tuple[int, int, bytes], ...] = (),
+        copies: Tuple[Tuple[int, int, bytes, Optional[int]], ...] = (),
     ) -> None:
         self.out = out
         self.err = err
-        #: (read end, our fd, prefix) of every pipe to copy piece by piece
+        #: (read end, our fd, prefix, log file or None) of every pipe to copy piece by piece
         self._copies = copies
 
     @property
@@ -165,13 +193,16 @@ class JobStreams:
         closes its read end when its stream ends; `on_done` is called, from a
         copy's thread, as each one ends)."""
         self._close_child_ends()
-        return [TagPump(read, fd, prefix, on_done) for read, fd, prefix in self._copies]
+        return [TagPump(read, fd, prefix, on_done, file)
+                for read, fd, prefix, file in self._copies]
 
     def close(self) -> None:
         """The child never started: close everything."""
         self._close_child_ends()
-        for read, _, _ in self._copies:
+        for read, _, _, file in self._copies:
             os.close(read)
+            if file is not None:
+                os.close(file)
 
     def _close_child_ends(self) -> None:
         for fd in (self.out, self.err):
@@ -182,9 +213,10 @@ class JobStreams:
 class OutputMode:
     """How job output is routed; one instance per run."""
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
+                name: Optional[str] = None) -> JobStreams:
         """The stdout and stderr for one attempt's process (OSError if they
-        cannot be opened)."""
+        cannot be opened); `name` is the job's (JSON lines ``name``), if any."""
         return JobStreams()
 
 
@@ -199,11 +231,30 @@ class Tagged(OutputMode):
     def __init__(self, prefix: bool = True) -> None:
         self.prefix = prefix
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
-        prefix = tag_prefix(job_id, gpus) if self.prefix else b""
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
+                name: Optional[str] = None) -> JobStreams:
+        return tagged_streams(tag_prefix(job_id, gpus) if self.prefix else b"")
+
+
+def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (None, None)
+                   ) -> JobStreams:
+    """Pipes for a job's stdout and stderr, copied to ours with `prefix` (and to
+    `files`, the log files, if given; they are closed here if a pipe fails)."""
+    try:
         out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        return JobStreams(out_write, err_write, ((out_read, 1, prefix), (err_read, 2, prefix)))
+        try:
+            err_read, err_write = os.pipe()
+        except OSError:
+            os.close(out_read)
+            os.close(out_write)
+            raise
+    except OSError:
+        for file in files:
+            if file is not None:
+                os.close(file)
+        raise
+    return JobStreams(out_write, err_write,
+                      ((out_read, 1, prefix, files[0]), (err_read, 2, prefix, files[1])))
 
 
 def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
@@ -211,18 +262,63 @@ def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
 
 
 class LogDir(OutputMode):
-    """Each job writes ``DIR/<id>.out`` and ``DIR/<id>.err``; retries append."""
+    """Each job writes ``DIR/<id>.out`` and ``DIR/<id>.err`` (``DIR/<id>-<name>.*``
+    for a job with a name), never truncated (see the module docstring); with
+    `tag`, its output is also copied, tagged, to our stdout and stderr."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, tag: bool = False) -> None:
         self.directory = directory
+        self.tag = tag
 
-    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int) -> JobStreams:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-        flags |= os.O_TRUNC if attempt <= 1 else os.O_APPEND
-        out = os.open(os.path.join(self.directory, f"{job_id}.out"), flags, 0o666)
+    def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
+                name: Optional[str] = None) -> JobStreams:
+        stem = os.path.join(self.directory, log_stem(job_id, name))
+        line = marker(job_id, attempt, time.localtime())
+        out = open_log(stem + ".out", line)
         try:
-            err = os.open(os.path.join(self.directory, f"{job_id}.err"), flags, 0o666)
+            err = open_log(stem + ".err", line)
         except OSError:
             os.close(out)
             raise
+        if self.tag:
+            return tagged_streams(tag_prefix(job_id, gpus), (out, err))
         return JobStreams(out, err)
+
+
+#: The characters a job's name keeps in a log file's name; others become ``_``.
+SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._,=+-")
+#: The most characters of a job's name in a log file's name.
+NAME_IN_FILE = 100
+
+
+def log_stem(job_id: int, name: Optional[str]) -> str:
+    """``3``, or ``3-lr=0.1,bs=32`` for a job with a name: the name made safe for a
+    file name (`SAFE` characters, at most `NAME_IN_FILE`), the job id first."""
+    if not name:
+        return str(job_id)
+    safe = "".join(c if c in SAFE else "_" for c in name[:NAME_IN_FILE])
+    return f"{job_id}-{safe}"
+
+
+def marker(job_id: int, attempt: int, when: time.struct_time) -> bytes:
+    """The line that separates this attempt's output from what a log file held."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", when)
+    text = f"--- simple_gpu_scheduler: job {job_id} attempt {max(1, attempt)}, {stamp} ---\n"
+    return text.encode()
+
+
+def open_log(path: str, line: bytes) -> int:
+    """`path` opened for appending (created if need be); when it already holds
+    something, `line` is written first, on a line of its own."""
+    # Read and write: the last byte says whether the marker needs a newline first.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            if os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -76,12 +76,23 @@ class Job:
         text = self.command.decode("utf-8", "backslashreplace")
         if "\\\n" in text:
             text = _joined(text)
-        text = text.replace("\n", "\\n")
-        if not text.isprintable():
-            text = "".join(c if c.isprintable() else _escape(c) for c in text)
-        if limit is not None and len(text) > limit:
-            text = text[: max(0, limit - 3)] + "..."
-        return text
+        return printable(text.replace("\n", "\\n"), limit)
+
+    def label(self, limit: int = 100) -> str:
+        """How messages name the job: ``job 3``, or ``job 3 (lr=0.1,bs=32)`` when
+        it has a name (JSON lines ``name``, shown printable, cut at `limit`)."""
+        if not self.name:
+            return f"job {self.id}"
+        return f"job {self.id} ({printable(self.name, limit)})"
+
+
+def printable(text: str, limit: Optional[int] = None) -> str:
+    """`text` on one line for messages: what is not printable escaped, cut at `limit`."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escape(c) for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[: max(0, limit - 3)] + "..."
+    return text
 
 
 def _joined(text: str) -> str:

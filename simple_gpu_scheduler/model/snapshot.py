@@ -6,17 +6,20 @@ from .record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Tuple
+    from typing import Optional, Tuple
 
 
 class RunningView(Record):
-    __slots__ = ("job_id", "gpus", "runtime", "command")
+    __slots__ = ("job_id", "gpus", "runtime", "command", "name")
 
-    def __init__(self, job_id: int, gpus: Tuple[str, ...], runtime: float, command: str) -> None:
+    def __init__(self, job_id: int, gpus: Tuple[str, ...], runtime: float, command: str,
+                 name: Optional[str] = None) -> None:
         self.job_id = job_id
         self.gpus = gpus
         self.runtime = runtime
         self.command = command
+        #: the job's name (JSON lines ``name``), printable, or None
+        self.name = name
 
 
 class Snapshot(Record):
@@ -24,14 +27,16 @@ class Snapshot(Record):
 
     __slots__ = (
         "running", "queued", "succeeded", "failed", "not_started", "skipped", "input_open",
-        "elapsed",
+        "elapsed", "total",
     )
 
     def __init__(
         self, running: Tuple[RunningView, ...], queued: int, succeeded: int, failed: int,
         not_started: int, skipped: int, input_open: bool, elapsed: float,
+        total: Optional[int] = None,
     ) -> None:
         self.running = running
+        #: commands waiting to start: those read, and with `total` those not read yet
         self.queued = queued
         self.succeeded = succeeded
         self.failed = failed
@@ -40,3 +45,7 @@ class Snapshot(Record):
         self.skipped = skipped
         self.input_open = input_open
         self.elapsed = elapsed
+        #: how many commands the whole input holds, when counted up front (a
+        #: regular file with ``--progress``): `queued` is then exact while the
+        #: input is still open
+        self.total = total

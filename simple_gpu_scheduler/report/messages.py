@@ -65,7 +65,7 @@ class ConsoleReport:
         job = event.job
         attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
         self.console.line(
-            f"job {job.id} started on {gpu_label(event.gpus)}{attempt}: {job.text(SHOWN)}")
+            f"{job.label()} started on {gpu_label(event.gpus)}{attempt}: {job.text(SHOWN)}")
 
     def _attempt_ended(self, event: ev.AttemptEnded) -> None:
         job, outcome = event.job, event.outcome
@@ -75,7 +75,7 @@ class ConsoleReport:
         if outcome.ok:
             if self.console.verbosity >= 0:
                 self.console.line(
-                    f"job {job.id} finished{where} after {format_duration(event.runtime)}: "
+                    f"{job.label()} finished{where} after {format_duration(event.runtime)}: "
                     f"{outcome.describe()}")
             return
         after = ("" if isinstance(outcome, FailedToStart)
@@ -83,26 +83,26 @@ class ConsoleReport:
         again = (f" (will retry: attempt {job.attempts + 1} of {job.retries + 1})"
                  if event.retry else "")
         self.console.line(
-            f"job {job.id} failed{where}{after}: {outcome.describe()}{again}: {job.text(SHOWN)}")
+            f"{job.label()} failed{where}{after}: {outcome.describe()}{again}: {job.text(SHOWN)}")
 
     def _skipped(self, event: ev.JobSkipped) -> None:
         if self.console.verbosity >= 1:
             self.console.line(
-                f"job {event.job.id} skipped: already in the job log: {event.job.text(SHOWN)}")
+                f"{event.job.label()} skipped: already in the job log: {event.job.text(SHOWN)}")
 
     def _not_started(self, event: ev.JobNotStarted) -> None:
-        self.console.line(f"not started: job {event.job.id}: {event.job.text()}")
+        self.console.line(f"not started: {event.job.label()}: {event.job.text()}")
 
     def _lingering(self, event: ev.Lingering) -> None:
-        self.console.debug(f"job {event.job.id} left processes behind; terminating them")
+        self.console.debug(f"{event.job.label()} left processes behind; terminating them")
 
     def _gave_up(self, event: ev.GaveUp) -> None:
         self.console.line(
-            f"job {event.job.id}: some of its processes are still there after SIGKILL; "
+            f"{event.job.label()}: some of its processes are still there after SIGKILL; "
             f"giving {gpu_label(event.gpus)} back anyway")
 
     def _timeout(self, event: ev.TimeoutReached) -> None:
-        self.console.debug(f"job {event.job.id} reached its timeout; terminating it")
+        self.console.debug(f"{event.job.label()} reached its timeout; terminating it")
 
     # --- the run --------------------------------------------------------------
 

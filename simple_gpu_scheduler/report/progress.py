@@ -35,15 +35,20 @@ def clock(seconds: float) -> str:
 
 
 def progress_text(snap: Snapshot) -> str:
-    """``done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 3.9/min | ETA 0:02:03``."""
+    """``done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 3.9/min | ETA 0:02:03``.
+
+    While the input is open, queued reads ``8+`` (more may come) and there is
+    no ETA, unless the input's total is known (`Snapshot.total`, a regular file
+    counted up front): then queued is exact and the ETA shows from the start."""
     done = snap.succeeded + snap.failed
+    known = not snap.input_open or snap.total is not None
     parts = [
         f"done {snap.succeeded}", f"failed {snap.failed}", f"running {len(snap.running)}",
-        f"queued {snap.queued}{'+' if snap.input_open else ''}", clock(snap.elapsed),
+        f"queued {snap.queued}{'' if known else '+'}", clock(snap.elapsed),
     ]
     rate = done / snap.elapsed if snap.elapsed > 0 else 0.0
     parts.append(f"{rate:.2f}/s" if rate >= 1 else f"{rate * 60:.1f}/min")
-    if not snap.input_open:
+    if known:
         left = snap.queued + len(snap.running)
         parts.append(f"ETA {clock(left / rate)}" if rate > 0 and left else "ETA -")
     return " | ".join(parts)

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 #: The fewest characters of a command a row shows, however narrow the terminal:
 #: less would tell nothing apart, so such a row wraps instead.
 MIN_COMMAND = 20
+#: The most characters of a job's name in its row (cut in the middle).
+MAX_NAME = 32
 
 
 def status_table(snap: Snapshot, width: Optional[int] = None) -> List[str]:
@@ -34,13 +36,19 @@ def status_table(snap: Snapshot, width: Optional[int] = None) -> List[str]:
     lines = [head]
     if snap.running:
         gpu_width = max(len(gpu_label(r.gpus)) for r in snap.running)
-        lines.append(f"  {'JOB':>5}  {'GPU':<{gpu_width}}  {'TIME':>7}  COMMAND")
-        # What precedes the command: "  " + 5 + "  " + gpus + "  " + 7 + "  ".
-        room = None if width is None else max(MIN_COMMAND, width - gpu_width - 20)
-        for r in snap.running:
+        names = [cut_middle(r.name or "", MAX_NAME) for r in snap.running]
+        # A NAME column only when some running job has a name (JSON lines).
+        name_width = max(len(n) for n in names)
+        name_head = f"{'NAME':<{name_width}}  " if name_width else ""
+        lines.append(f"  {'JOB':>5}  {'GPU':<{gpu_width}}  {'TIME':>7}  {name_head}COMMAND")
+        # What precedes the command: "  " + 5 + "  " + gpus + "  " + 7 + "  " (+ name + "  ").
+        before = gpu_width + 20 + (name_width + 2 if name_width else 0)
+        room = None if width is None else max(MIN_COMMAND, width - before)
+        for r, name in zip(snap.running, names):
+            shown = f"{name:<{name_width}}  " if name_width else ""
             lines.append(
                 f"  {r.job_id:>5}  {gpu_label(r.gpus):<{gpu_width}}  "
-                f"{format_duration(r.runtime):>7}  {cut_middle(r.command, room)}"
+                f"{format_duration(r.runtime):>7}  {shown}{cut_middle(r.command, room)}"
             )
     return lines
 

@@ -45,7 +45,6 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
     (["--gpus", "0", "--gpus-per-job", "-1"], ["--gpus-per-job"]),
     (["--gpus", "0", "--kill-grace", "-1"], ["--kill-grace"]),
     (["--gpus", "0", "--kill-grace", "nan"], ["--kill-grace"]),
-    (["--gpus", "0", "--tag", "--log-dir", "d"], ["--log-dir", "--tag"]),
     (["--gpus", "0", "-q", "-v"], ["-v", "-q"]),
     (["--gpus", "0", "--no-such-option"], ["--no-such-option"]),
 ])

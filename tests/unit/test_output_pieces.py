@@ -63,3 +63,25 @@ def test_pieces_keep_every_byte_and_stay_within_the_bound(data: bytes, sizes: Li
     joined = b"".join(out)
     assert joined.replace(b"\r", b"").replace(b"\n", b"") == \
         data.replace(b"\r", b"").replace(b"\n", b"")
+
+
+# --- log file names and markers (``--log-dir``) -------------------------------------------
+
+
+def test_log_file_stem_keeps_the_id_first_and_makes_the_name_safe() -> None:
+    from simple_gpu_scheduler.launch.streams import log_stem
+
+    assert log_stem(3, None) == "3" and log_stem(3, "") == "3"
+    assert log_stem(3, "lr=0.1,bs=32") == "3-lr=0.1,bs=32"
+    assert log_stem(7, "a b/../c\u00e9\n") == "7-a_b_.._c__"
+    assert log_stem(8, "y" * 500) == "8-" + "y" * 100
+
+
+def test_marker_names_job_attempt_and_time() -> None:
+    import time
+
+    from simple_gpu_scheduler.launch.streams import marker
+
+    when = time.struct_time((2026, 12, 1, 19, 20, 3, 1, 335, 0))
+    assert marker(3, 1, when) == (
+        b"--- simple_gpu_scheduler: job 3 attempt 1, 2026-12-01 19:20:03 ---\n")

@@ -50,6 +50,13 @@ def test_progress_text_once_input_ended_has_an_eta() -> None:
     assert text == "done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 4.1/min | ETA 0:02:55"
 
 
+def test_progress_text_with_a_known_total_is_exact_and_has_an_eta_while_input_is_open(
+) -> None:
+    text = progress_text(snap(succeeded=12, failed=1, running=4, queued=8, input_open=True,
+                              elapsed=190).replace(total=25))
+    assert text == "done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 4.1/min | ETA 0:02:55"
+
+
 def test_progress_text_fast_rate_in_per_second() -> None:
     text = progress_text(snap(succeeded=30, elapsed=10))
     assert text == "done 30 | failed 0 | running 0 | queued 0 | 0:00:10 | 3.00/s | ETA -"

@@ -55,3 +55,30 @@ def test_snapshot_is_ordered_by_job_id() -> None:
     assert [r.job_id for r in snap.running] == [3, 4]
     snap = snap.replace(running=snap.running[::-1])
     assert [line.split()[0] for line in status_table(snap)[2:]] == ["4", "3"]
+
+
+def test_status_table_shows_names_in_a_column_of_their_own() -> None:
+    state = new_state(100.0)
+    state.job_started(Job(3, b"python train.py --lr 0.1", name="lr=0.1"), ("0",), when=120.0)
+    state.job_started(Job(4, b"python eval.py"), ("1",), when=120.0)
+    state.job_started(Job(5, b"true", name="n" * 100 + "\n"), ("2",), when=120.0)
+    lines = status_table(state.snapshot(now=150.0), width=100)
+    assert lines[1].split() == ["JOB", "GPU", "TIME", "NAME", "COMMAND"]
+    assert lines[2].split(None, 5) == ["3", "gpu", "0", "30s", "lr=0.1", "python train.py --lr 0.1"]
+    assert lines[3].split(None, 4) == ["4", "gpu", "1", "30s", "python eval.py"]
+    name = lines[4].split()[4]
+    assert len(name) == 32 and "..." in name and name.endswith("\\x0a"), name
+    assert lines[3].index("python") == lines[2].index("python")  # the column lines up
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_snapshot_with_a_total_counts_what_is_not_read_yet_as_queued() -> None:
+    state = new_state(0.0)
+    state.total = 10
+    state.read = 3
+    state.job_started(Job(1, b"a"), ("0",), when=0.0)
+    state.add(Job(3, b"c"))
+    snap = state.snapshot(now=1.0)
+    assert (snap.queued, snap.total) == (1 + 7, 10)
+    state.input_open = False  # ended (or drained): nothing more is coming
+    assert state.snapshot(now=1.0).queued == 1
