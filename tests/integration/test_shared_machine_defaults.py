@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import List
 
 from harness import (
-    REPO_ROOT, FakeMachine, GiB, fake_gpu, poll_until, popen_sgs, read_lines, run_sgs,
+    REPO_ROOT,
+    FakeMachine,
+    GiB,
+    fake_gpu,
+    poll_until,
+    popen_sgs,
+    read_lines,
+    run_sgs,
 )
 
 SHOW = "echo $CUDA_VISIBLE_DEVICES"
