@@ -21,6 +21,8 @@ class ExitCode:
     USAGE = 2
     #: a stop signal N gives 128 + N (130 for Ctrl-C, 143 for SIGTERM)
     SIGNAL_BASE = 128
+    #: Ctrl-C before the signal handlers are in place (128 + SIGINT)
+    INTERRUPTED = 130
     #: a closed pipe (simple_hypersearch | head)
     BROKEN_PIPE = 141
 

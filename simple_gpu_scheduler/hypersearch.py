@@ -29,6 +29,7 @@ import sys
 from typing import Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from . import __version__
+from .errors import ExitCode
 
 #: A pattern piece: (literal text, False) or (parameter name, True).
 Piece = Tuple[str, bool]
@@ -180,7 +181,7 @@ class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are a single stderr line, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 EPILOG = """\
@@ -255,8 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Reader gone: point stdout at devnull so the exit-time flush cannot raise again
         # (recipe from the `signal` module docs) and exit as a SIGPIPE death would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    return 0
+        return ExitCode.BROKEN_PIPE
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

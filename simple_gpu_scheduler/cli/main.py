@@ -220,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _say(f"simple_gpu_scheduler: error: {exc} (see --help)")
         return ExitCode.USAGE
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug of ours: still one line, not a traceback
         if os.environ.get("SGS_DEBUG"):
             raise

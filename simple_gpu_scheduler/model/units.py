@@ -58,3 +58,30 @@ def format_size(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.1f}{unit}"
     return f"{int(size)}B"
+
+
+# --- the one duration formatter, in its two spellings ----------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: ``0.4s``, ``12s``, ``3m05s``, ``2h01m``, ``3d04h``."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def format_clock(seconds: float) -> str:
+    """A duration as a clock, ``0:03:05``: the summary's wall time and the ETA,
+    where columns of them line up."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"

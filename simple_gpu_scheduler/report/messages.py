@@ -9,7 +9,8 @@ text of a per-job line is never built.
 from __future__ import annotations
 
 from ..model import events as ev
-from ..model.jobs import FailedToStart, format_duration, gpu_label
+from ..model.jobs import FailedToStart, gpu_label
+from ..model.units import format_duration
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:

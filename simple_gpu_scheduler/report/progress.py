@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 import time
 
+from ..model.units import format_clock
 from . import console as output
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -29,11 +30,6 @@ PLAIN_UNCHANGED_EVERY = 60.0
 REDRAW_EVERY = 1.0
 
 
-def clock(seconds: float) -> str:
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
 def progress_text(snap: Snapshot) -> str:
     """``done 12 | failed 1 | running 4 | queued 8 | 0:03:10 | 3.9/min | ETA 0:02:03``.
 
@@ -44,13 +40,13 @@ def progress_text(snap: Snapshot) -> str:
     known = not snap.input_open or snap.total is not None
     parts = [
         f"done {snap.succeeded}", f"failed {snap.failed}", f"running {len(snap.running)}",
-        f"queued {snap.queued}{'' if known else '+'}", clock(snap.elapsed),
+        f"queued {snap.queued}{'' if known else '+'}", format_clock(snap.elapsed),
     ]
     rate = done / snap.elapsed if snap.elapsed > 0 else 0.0
     parts.append(f"{rate:.2f}/s" if rate >= 1 else f"{rate * 60:.1f}/min")
     if known:
         left = snap.queued + len(snap.running)
-        parts.append(f"ETA {clock(left / rate)}" if rate > 0 and left else "ETA -")
+        parts.append(f"ETA {format_clock(left / rate)}" if rate > 0 and left else "ETA -")
     return " | ".join(parts)
 
 
@@ -59,7 +55,7 @@ def summary_lines(
 ) -> List[str]:
     """What the scheduler says when it ends."""
     total = snap.succeeded + snap.failed + snap.not_started
-    head = (f"done in {clock(snap.elapsed)}: {snap.succeeded} of {total} succeeded, "
+    head = (f"done in {format_clock(snap.elapsed)}: {snap.succeeded} of {total} succeeded, "
             f"{snap.failed} failed, {snap.not_started} not started")
     if snap.skipped:
         head += f"; {snap.skipped} skipped as done in the job log"

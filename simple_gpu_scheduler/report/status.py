@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..model.jobs import format_duration, gpu_label
+from ..model.jobs import gpu_label
+from ..model.units import format_duration
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:

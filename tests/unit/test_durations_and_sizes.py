@@ -8,8 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.model.jobs import format_duration
-from simple_gpu_scheduler.model.units import format_size, parse_duration, parse_size
+from simple_gpu_scheduler.model.units import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 # --- parse_duration ---------------------------------------------------------------
 

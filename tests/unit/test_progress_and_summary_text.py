@@ -11,10 +11,10 @@ import pytest
 from harness import PROGRESS_STATUS as STATUS
 
 from simple_gpu_scheduler.model.snapshot import RunningView, Snapshot
+from simple_gpu_scheduler.model.units import format_clock as clock
 from simple_gpu_scheduler.report import progress
 from simple_gpu_scheduler.report.progress import (
     ProgressLine,
-    clock,
     progress_text,
     resume_command,
     summary_lines,
