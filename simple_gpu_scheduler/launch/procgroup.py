@@ -86,12 +86,19 @@ def send(pid: int, signum: int) -> None:
         pass
 
 
+def _proc(pid: int, name: str) -> Optional[bytes]:
+    """``/proc/PID/NAME``, or None if the process is gone (or hidden from us)."""
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _stat_ids(pid: int) -> Optional[tuple]:
     """(pgid, sid) of `pid` from /proc, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _proc(pid, "stat")
+    if data is None:
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
@@ -99,10 +106,8 @@ def _stat_ids(pid: int) -> Optional[tuple]:
 
 
 def _job_id_from_environ(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _proc(pid, "environ")
+    if data is None:
         return None
     for item in data.split(b"\0"):
         if item.startswith(b"SGS_JOB_ID="):
