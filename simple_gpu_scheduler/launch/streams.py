@@ -31,7 +31,7 @@ lost and each attempt's part can be found.
 from __future__ import annotations
 
 import os
-import threading
+import _thread  # a lock is all we need; `threading` costs start-up time
 import time
 
 from .. import threads
@@ -108,7 +108,7 @@ class TagPump:
         self._on_done = on_done
         self._fd = fd
         self._prefix = prefix
-        self._done = threading.Lock()
+        self._done = _thread.allocate_lock()
         self._done.acquire()
         #: pieces written so far (`finish` watches it for progress)
         self.lines = 0

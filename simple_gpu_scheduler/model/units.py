@@ -7,10 +7,9 @@ problem, which the CLI turns into a one-line usage error.
 from __future__ import annotations
 
 import math
-import re
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$"
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -18,12 +17,16 @@ _SIZE_UNITS = {
     "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SIZE = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$"
+# The patterns are compiled on first use (`re` caches them): a run that parses
+# no duration or size, the common one, pays nothing for them at start-up.
 
 
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``30s``, ``15m``, ``2h``, ``1d`` or ``1.5h``; must be > 0."""
-    match = _DURATION.match(text)
+    import re
+
+    match = re.match(_DURATION, text, re.IGNORECASE)
     if not match:
         raise ValueError(
             f"invalid duration {text!r}: use a number with an optional unit s, m, h or d, "
@@ -40,7 +43,9 @@ def parse_size(text: str) -> int:
     ``K``/``M``/``G``/``T`` and ``KB``... are powers of 1000; ``KiB``... powers of 1024,
     as nvidia-smi prints them.
     """
-    match = _SIZE.match(text)
+    import re
+
+    match = re.match(_SIZE, text, re.IGNORECASE)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:
         raise ValueError(

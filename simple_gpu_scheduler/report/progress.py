@@ -10,7 +10,6 @@ seconds. The text of the line and of the summary are pure functions of a
 
 from __future__ import annotations
 
-import shlex
 import time
 
 from ..model.units import format_clock
@@ -72,6 +71,8 @@ def summary_lines(
 def resume_command(argv: Sequence[str]) -> str:
     """The command line that resumes this run: ours, with --resume-failed."""
     kept = [a for a in argv if a not in ("--resume", "--resume-failed")]
+    import shlex  # only with --joblog
+
     return shlex.join(["simple_gpu_scheduler", *kept, "--resume-failed"])
 
 
