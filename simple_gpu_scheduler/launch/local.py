@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
     from ..model.jobs import Job, Outcome
     from .base import Cancellable, LauncherEvents, Reactor
-    from .streams import JobStreams, OutputMode, TagPump
+    from .copier import Copy
+    from .streams import JobStreams, OutputMode
 
 #: Seconds between looks at what lingers after a job's shell exited.
 POLL = 0.05
@@ -92,7 +93,7 @@ class LocalExecution:
         self._launcher = launcher
         self._proc = proc
         self.pidfd = -1
-        self.pumps: List[TagPump] = []
+        self.pumps: List[Copy] = []
         self.exited = False  # the shell was reaped: its pid may be reused
         self.outcome: Optional[Outcome] = None
         self.reported = False
@@ -130,7 +131,7 @@ class LocalLauncher:
         self._lingering: Dict[int, LocalExecution] = {}
         self._poll: Optional[Cancellable] = None
         #: output copies that may still be running, for `finish`
-        self._pumps: List[TagPump] = []
+        self._pumps: List[Copy] = []
         self._orphans = Orphans()
 
     # --- the Launcher protocol ------------------------------------------------

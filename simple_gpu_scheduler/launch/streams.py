@@ -4,8 +4,9 @@ with an empty prefix), one file per job and stream (``--log-dir``), or both:
 with ``--tag --log-dir`` the copy writes what the job prints to its file, as
 it was printed, and the pieces, tagged, to our stream.
 
-The copy (`TagPump`) reads a stream with ``os.read`` and holds at most
-`BOUND` bytes of it, whatever the job prints. It cuts the stream into pieces
+The copy (`copier.Copy`; one helper thread runs all of them) reads a stream
+with ``os.read`` and holds at most `BOUND` bytes of it, whatever the job
+prints. It cuts the stream into pieces
 (`Pieces`):
 
 - a piece ends after a newline, a carriage return, or ``\r\n``. A progress
@@ -31,144 +32,15 @@ lost and each attempt's part can be found.
 from __future__ import annotations
 
 import os
-import _thread  # a lock is all we need; `threading` costs start-up time
 import time
 
-from .. import threads
-from ..report.console import write_fd
+from .copier import BOUND, Copier, Copy, Pieces
+
+__all__ = ["BOUND", "Pieces"]  # the cutting rule lives in `copier`, named here too
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Callable, List, Optional, Tuple
-
-#: The most bytes of one job stream held in memory (a pipe holds as much).
-BOUND = 64 * 1024
-
-
-class Pieces:
-    """Cuts a byte stream into pieces (see the module docstring): pure, fed
-    with what each read returned."""
-
-    def __init__(self, limit: int = BOUND) -> None:
-        self.limit = limit
-        self._held = b""
-
-    def room(self) -> int:
-        """How many bytes the next read may take (at least 1): what is held
-        and read together never exceeds the bound."""
-        return self.limit - len(self._held)
-
-    def feed(self, chunk: bytes) -> List[bytes]:
-        """The pieces that `chunk` ends; the rest is held for the next one."""
-        data = self._held + chunk if self._held else chunk
-        pieces: List[bytes] = []
-        start = 0
-        # Two searches kept apart: a fresh find of both at every piece would
-        # scan to the end for a character that never comes, per line.
-        newline = data.find(b"\n")
-        ret = data.find(b"\r")
-        while newline >= 0 or ret >= 0:
-            if ret < 0 or 0 <= newline < ret:
-                end = newline + 1
-            else:
-                end = ret + 2 if newline == ret + 1 else ret + 1
-            if end - start > 1 or data[start] != 0x0D:  # a lone \r is no piece
-                pieces.append(data[start:end])
-            start = end
-            if 0 <= newline < start:
-                newline = data.find(b"\n", start)
-            if 0 <= ret < start:
-                ret = data.find(b"\r", start)
-        rest = data[start:]
-        if len(rest) >= self.limit:
-            pieces.append(rest + b"\n")
-            rest = b""
-        self._held = rest
-        return pieces
-
-    def end(self) -> List[bytes]:
-        """The stream has ended: what is held, as a last piece with a newline."""
-        rest, self._held = self._held, b""
-        return [rest + b"\n"] if rest else []
-
-
-class TagPump:
-    """Copy one job stream (a pipe's read end, which this takes over) to `fd`
-    piece by piece, each piece with a prefix, in a helper thread; `join` and
-    `finish` wait for the stream's end."""
-
-    def __init__(self, source: int, fd: int, prefix: bytes,
-                 on_done: Optional[Callable[[], None]] = None,
-                 file: Optional[int] = None) -> None:
-        self._source = source
-        #: a log file (``--log-dir`` with ``--tag``) that gets every byte read,
-        #: unprefixed and uncut; this takes it over and closes it at the end
-        self._file = file
-        #: called from the copy's thread once the stream has ended
-        self._on_done = on_done
-        self._fd = fd
-        self._prefix = prefix
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        #: pieces written so far (`finish` watches it for progress)
-        self.lines = 0
-        threads.start(self._run)
-
-    def join(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds; True when the stream has ended."""
-        if self._done.acquire(timeout=timeout):
-            self._done.release()
-            return True
-        return False
-
-    def finish(self, patience: float = 1.0) -> None:
-        """Wait while the copy makes progress (a slow reader downstream loses
-        nothing); give up once `patience` seconds pass without a piece, when
-        something that escaped the job's process group holds the pipe open."""
-        seen = -1
-        while not self.join(patience) and self.lines != seen:
-            seen = self.lines
-
-    def _run(self) -> None:
-        pieces = Pieces()
-        try:
-            while True:
-                chunk = os.read(self._source, pieces.room())
-                if not chunk:
-                    break
-                if self._file is not None:
-                    self._to_file(chunk)
-                self._write(pieces.feed(chunk))
-            self._write(pieces.end())
-        except OSError:
-            pass  # the pipe went away under us: nothing left to copy
-        finally:
-            os.close(self._source)
-            if self._file is not None:
-                os.close(self._file)
-            self._done.release()
-            if self._on_done is not None:
-                self._on_done()
-
-    def _to_file(self, chunk: bytes) -> None:
-        """All of `chunk` to the log file. A file that cannot be written (a
-        full disk) is given up on; the tagged copy goes on."""
-        assert self._file is not None
-        view = memoryview(chunk)
-        try:
-            while view:
-                view = view[os.write(self._file, view):]
-        except OSError:
-            os.close(self._file)
-            self._file = None
-
-    def _write(self, pieces: List[bytes]) -> None:
-        for piece in pieces:
-            # Once the downstream is gone we keep reading, so the job never
-            # blocks on a full pipe; what it prints is dropped.
-            write_fd(self._fd, self._prefix + piece)
-            self.lines += 1
-
 
 class JobStreams:
     """A job's stdout and stderr as the child gets them (fds; None: ours), and
@@ -188,13 +60,15 @@ class JobStreams:
         """Whether the job's output is copied by us (``--tag``, ``--progress``)."""
         return bool(self._copies)
 
-    def started(self, on_done: Optional[Callable[[], None]] = None) -> List[TagPump]:
-        """The child has its copies: close ours, start the copies (each pump
-        closes its read end when its stream ends; `on_done` is called, from a
-        copy's thread, as each one ends)."""
+    def started(self, on_done: Optional[Callable[[], None]] = None) -> List[Copy]:
+        """The child has its copies: close ours, start the copies (each closes
+        its read end when its stream ends; `on_done` is called, from the
+        copier's thread, as each one ends)."""
         self._close_child_ends()
-        return [TagPump(read, fd, prefix, on_done, file)
-                for read, fd, prefix, file in self._copies]
+        copies = [Copy(read, fd, prefix, on_done, file) for read, fd, prefix, file in self._copies]
+        for copy in copies:
+            Copier.shared().add(copy)
+        return copies
 
     def close(self) -> None:
         """The child never started: close everything."""
@@ -225,7 +99,7 @@ class Passthrough(OutputMode):
 
 
 class Tagged(OutputMode):
-    """Job output copied piece by piece (`TagPump`); each piece gets ``[<job id>|gpu <ids>] `` in
+    """Job output copied piece by piece (`copier`); each piece gets ``[<job id>|gpu <ids>] `` in
     front when `prefix` is set (``--tag``), or nothing (``--progress`` alone)."""
 
     def __init__(self, prefix: bool = True) -> None:
