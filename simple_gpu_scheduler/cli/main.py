@@ -229,7 +229,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         return ExitCode.FAILED
 
 
+def _standard_fds() -> List[int]:
+    """Open /dev/null on each of fds 0, 1 and 2 that is closed (``<&-``), and
+    return those: otherwise the first file we open (a lock directory, a job
+    log) would become "stdin" or "stdout"."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)  # jobs inherit 0, 1 and 2 as their own
+    return closed
+
+
 def _main(argv: Optional[List[str]]) -> int:
+    closed = _standard_fds()
     args = build_parser().parse_args(argv)
 
     if (args.resume or args.resume_failed) and not args.joblog:
@@ -242,6 +262,8 @@ def _main(argv: Optional[List[str]]) -> int:
     from .gpu_options import plan_gpus
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    if 0 in closed and args.queue_file is None and not args.list_gpus:
+        console.line("stdin is closed: there are no commands to read")
     if args.list_gpus:
         from .list_gpus import list_gpus
 
