@@ -329,7 +329,7 @@ def _gate(
 
     lock_keys = {
         gpu_id: devices[gpu_id].lock_key if gpu_id in devices
-        else (str(int(gpu_id)) if gpu_id.isdigit() else gpu_id)
+        else (str(int(gpu_id)) if gpu_id.isascii() and gpu_id.isdigit() else gpu_id)
         for gpu_id in ids
     }
     return GpuGate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -250,6 +251,10 @@ def _standard_fds() -> List[int]:
 
 def _main(argv: Optional[List[str]]) -> int:
     closed = _standard_fds()
+    # Until the engine's handlers are in place (the hardware may take seconds
+    # to answer first), a SIGUSR1 meant for the status table must not kill us.
+    if signal.getsignal(signal.SIGUSR1) != signal.SIG_IGN:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     args = build_parser().parse_args(argv)
 
     if (args.resume or args.resume_failed) and not args.joblog:
@@ -323,6 +328,8 @@ def _run(
             source = QueueFileSource(args.queue_file, make_job, continuation=not jsonl)
         except OSError as exc:
             raise UsageError(f"--queue-file {args.queue_file}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UsageError(f"--queue-file {args.queue_file}: {exc}") from None
     else:
         source = InputSource(0, make_job, continuation=not jsonl)
     launcher = LocalLauncher(shell=args.shell, output=output)
@@ -336,7 +343,9 @@ def _run(
         progress_every=progress.interval if progress is not None else None)
     # A regular file's commands are counted up front (not held), so that the
     # progress line shows the whole queue and an ETA from the start.
-    total = count_commands(0, continuation=not jsonl) if progress is not None else None
+    total = None
+    if progress is not None and args.queue_file is None:
+        total = count_commands(0, continuation=not jsonl)
     loop = Loop(settings, launcher, source, pool, report, gate=plan.gate,
                 owners=launcher.leaders, total=total)
     if plan.gate is not None:

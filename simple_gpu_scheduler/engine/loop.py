@@ -277,6 +277,8 @@ class Loop:
         self._input_timer = None
         before = self.source.buffered
         self.source.read()
+        while self.source.notices:
+            self.emit(ev.Notice(self.source.notices.pop(0), 1))
         interval = self.source.interval or 0.0
         # More may be waiting right behind what was just read: look again at once.
         self._input_due = self.clock() + (0.0 if self.source.buffered > before else interval)
@@ -317,7 +319,13 @@ class Loop:
                 # Jobs are checked when read; a lost GPU can make waiting ones impossible.
                 self._losses_seen = self.pool.losses
                 for record in list(self.state.with_status(QUEUED)):
-                    self._reject_if_unrunnable(record)
+                    # A rejection may halt the run (--halt-on-failure), and a
+                    # drain settles the rest: skip what is no longer queued.
+                    if self.stop_level:
+                        break
+                    if self.state.records.get(record.job.id) is record \
+                            and record.status == QUEUED:
+                        self._reject_if_unrunnable(record)
         order = dispatch_order(self.state.queued())
         while order and not self.stop_level:
             choice, waiting = next_start(order, self._place, self.settings.backfill)
@@ -533,6 +541,18 @@ class Loop:
         if self._watching_input:
             self._watching_input = False
             self.remove_reader(self.source.fd)
+        # Read but not taken yet: they meet the --resume rule as any read job does.
+        skip = self.settings.skip
+        self.state.read += len(unread)
+        if skip is not None:
+            left = []
+            for job in unread:  # one call per job: a skip uses up a job-log row
+                if skip(job.command):
+                    self.state.skipped += 1
+                    self.emit(ev.JobSkipped(job))
+                else:
+                    left.append(job)
+            unread = left
         self.emit(ev.Stopping(DRAIN, why, running, len(queued) + len(unread),
                               self.settings.kill_grace))
         for job in dispatch_order(queued) + unread:

@@ -141,6 +141,8 @@ class InputSource:
         self.error: Optional[str] = None
         #: commands numbered so far
         self.count = 0
+        #: sentences for the user (the engine shows them as notices)
+        self.notices: List[str] = []
 
     @property
     def buffered(self) -> int:

@@ -1,13 +1,15 @@
 """Copies of job output (``--tag``, ``--progress``, ``--tag --log-dir``): one
-helper thread for all of them.
+helper thread per stream we write to, not per job.
 
-A thread per stream (two per job) costs a thread start and, more, the GIL
+A thread per job stream (two per job) costs a thread start and, more, the GIL
 handed back and forth at every job start: a run of 2000 short tagged jobs
-spent half its time there. One `Copier` thread instead waits on every job's
-pipes with one ``poll``, copies what is readable, and says (`on_done`) when
-a stream has ended. The engine's thread never writes job output, so a slow
-reader downstream holds up the copies (and so the jobs, through their full
-pipes), never signals, timeouts or starts.
+spent half its time there. A `Copier` thread instead waits on the pipes of
+every job with one ``poll``, copies what is readable, and says (`on_done`)
+when a stream has ended; there is one for copies to our stdout and one for
+copies to our stderr, so a paused reader of one (a pager) never holds up the
+other. The engine's thread never writes job output, so a slow reader
+downstream holds up the copies (and so the jobs, through their full pipes),
+never signals, timeouts or starts.
 
 How a stream is cut into pieces is `Pieces`, pure: see `launch.streams`.
 """
@@ -92,7 +94,7 @@ class Copy:
         self._file = file
         #: called from the copy's thread once the stream has ended
         self._on_done = on_done
-        self._fd = fd
+        self.fd = fd
         self._prefix = prefix
         self._done = _thread.allocate_lock()
         self._done.acquire()
@@ -154,20 +156,23 @@ class Copy:
         for piece in pieces:
             # Once the downstream is gone we keep reading, so the job never
             # blocks on a full pipe; what it prints is dropped.
-            write_fd(self._fd, self._prefix + piece)
+            write_fd(self.fd, self._prefix + piece)
             self.lines += 1
 
 
 class Copier:
     """The thread that runs every `Copy`, started with the first one."""
 
-    _shared: ClassVar[Optional[Copier]] = None
+    #: one copier per stream we write to (1, 2): a paused reader of our stdout
+    #: (a pager) holds up the copies to stdout only, not those to stderr
+    _shared: ClassVar[Dict[int, Copier]] = {}
 
     @classmethod
-    def shared(cls) -> Copier:
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
+    def shared(cls, fd: int) -> Copier:
+        copier = cls._shared.get(fd)
+        if copier is None:
+            copier = cls._shared[fd] = cls()
+        return copier
 
     def __init__(self) -> None:
         self._poll = select.poll()
@@ -204,5 +209,8 @@ class Copier:
                     continue
                 copy = self._copies[fd]
                 if not copy.readable():
+                    # `readable` has closed the fd: forget it before the next
+                    # poll (a new copy that gets the same number is added
+                    # only after this, at the top of the loop).
                     self._poll.unregister(fd)
                     del self._copies[fd]

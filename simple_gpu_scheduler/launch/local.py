@@ -201,14 +201,18 @@ class LocalLauncher:
         for execution in list(self._live.values()):
             self.signal(execution, signal.SIGKILL)
         self._orphans.scan(*self._maps())
-        self._orphans.kill_all(ex.job.id for ex in self._live.values())
+        self._orphans.kill_all()
 
     # --- ending ---------------------------------------------------------------
 
     def signal(self, execution: LocalExecution, signum: int) -> None:
         """Signal the job's whole tree: its group, and what escaped it."""
-        if execution.pid not in self._live:
+        if self._live.get(execution.pid) is not execution:
             return  # cleared: the group id may belong to somebody else by now
+        if execution.exited and not self._tree_alive(execution):
+            # The shell is reaped and its group is empty: nothing pins the group
+            # id any more (a live member does), so it is not ours to signal.
+            return
         send_group(execution.pid, signum)
         if self._orphans.enabled:
             self._orphans.scan(*self._maps())
@@ -250,7 +254,7 @@ class LocalLauncher:
             execution._proc.returncode = returncode  # we reaped it, not Popen
         execution.exited = True
         execution.outcome = outcome_from_returncode(returncode)
-        self._orphans.scan(*self._maps())
+        self._orphans.scan(*self._maps(), ending=execution.job.id)
         if self._tree_alive(execution):
             self._report(execution, lingering=True)
             self._lingering[execution.pid] = execution
@@ -279,8 +283,10 @@ class LocalLauncher:
 
     def _clear(self, execution: LocalExecution) -> None:
         assert self._events is not None
-        self._live.pop(execution.pid, None)
-        self._lingering.pop(execution.pid, None)
+        if self._live.get(execution.pid) is execution:
+            del self._live[execution.pid]
+        if self._lingering.get(execution.pid) is execution:
+            del self._lingering[execution.pid]
         self._events.cleared(execution)
 
     def _tree_alive(self, execution: LocalExecution) -> bool:

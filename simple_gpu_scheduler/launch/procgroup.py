@@ -23,7 +23,7 @@ import signal
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Dict, Iterable, Optional, Set
+    from typing import Dict, List, Optional, Set
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -123,34 +123,46 @@ class Orphans:
 
     `scan` looks at ``/proc/self/task/<pid>/children`` (one small read: the
     main thread starts every job, and orphans are re-parented to it), so the
-    check costs microseconds per job end.
+    check costs microseconds per job end. Children we already had when the
+    run began (the background jobs of a shell that ``exec``-ed us, a
+    ``2> >(tee log)`` logger) are not ours to adopt: they are never signalled
+    or reaped here.
     """
 
     def __init__(self) -> None:
         self._children_path = f"/proc/self/task/{os.getpid()}/children"
         #: orphan pid -> the job id (leader pid) it belongs to, or None: unknown
         self._owner: Dict[int, Optional[int]] = {}
+        #: children we had before any job: somebody else's
+        self._before: Set[int] = set()
         self.enabled = False
 
     def enable(self) -> None:
         self.enabled = become_subreaper() and os.path.exists(self._children_path)
+        if self.enabled:
+            self._before = set(self._children())
 
-    def scan(self, leaders: Dict[int, int], job_of_pid: Dict[int, int]) -> None:
-        """Find new orphans and reap those that exited.
+    def _children(self) -> List[int]:
+        data = _proc(os.getpid(), f"task/{os.getpid()}/children")
+        return [int(p) for p in data.split()] if data else []
+
+    def scan(self, leaders: Dict[int, int], job_of_pid: Dict[int, int],
+             ending: Optional[int] = None) -> None:
+        """Reap the orphans that exited, then find new ones.
 
         `leaders` maps job leader pids to job ids (their pids are never
         waited for here: the launcher reaps them); `job_of_pid` is the same
         map by pgid/sid (a leader's pid is its group's and session's id).
+        `ending` is the job whose leader has just exited: an orphan that
+        nothing else ties to a job was re-parented by that exit, so it is that
+        job's. Reaping first matters: an orphan's children are re-parented to
+        us before it becomes a zombie, so once it is reaped they are listed.
         """
         if not self.enabled:
             return
-        try:
-            with open(self._children_path, "rb") as f:
-                pids = [int(p) for p in f.read().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            if pid in leaders or pid in self._owner:
+        self.reap()
+        for pid in self._children():
+            if pid in leaders or pid in self._owner or pid in self._before:
                 continue
             ids = _stat_ids(pid)
             job = None
@@ -158,8 +170,7 @@ class Orphans:
                 job = job_of_pid.get(ids[0], job_of_pid.get(ids[1]))
             if job is None:
                 job = _job_id_from_environ(pid)
-            self._owner[pid] = job
-        self.reap()
+            self._owner[pid] = job if job is not None else ending
 
     def reap(self) -> None:
         for pid in list(self._owner):
@@ -183,8 +194,8 @@ class Orphans:
             else:
                 send(pid, signum)
 
-    def kill_all(self, job_ids: Iterable[int]) -> None:
-        wanted = set(job_ids)
-        for pid, owner in list(self._owner.items()):
-            if owner in wanted or owner is None:
-                send(pid, signal.SIGKILL)
+    def kill_all(self) -> None:
+        """At exit: every orphan of ours is killed, whatever job it came from
+        (all of them descend from our jobs; what we had before is not here)."""
+        for pid in list(self._owner):
+            send(pid, signal.SIGKILL)

@@ -4,7 +4,7 @@ with an empty prefix), one file per job and stream (``--log-dir``), or both:
 with ``--tag --log-dir`` the copy writes what the job prints to its file, as
 it was printed, and the pieces, tagged, to our stream.
 
-The copy (`copier.Copy`; one helper thread runs all of them) reads a stream
+The copy (`copier.Copy`; one helper thread per stream runs them) reads a stream
 with ``os.read`` and holds at most `BOUND` bytes of it, whatever the job
 prints. It cuts the stream into pieces
 (`Pieces`):
@@ -67,7 +67,7 @@ class JobStreams:
         self._close_child_ends()
         copies = [Copy(read, fd, prefix, on_done, file) for read, fd, prefix, file in self._copies]
         for copy in copies:
-            Copier.shared().add(copy)
+            Copier.shared(copy.fd).add(copy)
         return copies
 
     def close(self) -> None:

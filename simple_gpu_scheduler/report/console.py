@@ -35,15 +35,27 @@ def _write_all(fd: int, data: bytes) -> bool:
     if _broken.get(fd):
         return False
     view = memoryview(data)
-    try:
-        while view:
+    while view:
+        try:
             view = view[os.write(fd, view):]
-    except OSError:
-        # EPIPE (`| head` has exited), EIO (terminal hung up), EBADF:
-        # nobody reads this stream any more, which must not stop the run.
-        _broken[fd] = True
-        return False
+        except BlockingIOError:
+            # A non-blocking stream (a terminal another program made so) that
+            # is full for now: wait until it takes more, never drop it.
+            _wait_writable(fd)
+        except OSError:
+            # EPIPE (`| head` has exited), EIO (terminal hung up), EBADF:
+            # nobody reads this stream any more, which must not stop the run.
+            _broken[fd] = True
+            return False
     return True
+
+
+def _wait_writable(fd: int) -> None:
+    import select  # only here: a blocking stream never needs it
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll(1000)
 
 
 def _lock(fd: int) -> _thread.LockType:

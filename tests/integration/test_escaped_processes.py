@@ -100,16 +100,23 @@ def test_the_leftover_rule_reaches_a_process_that_left_the_session(
     none_left(mark)
 
 
-def test_an_escapee_nobody_can_attribute_is_killed_when_the_scheduler_exits(
+def test_an_escapee_nothing_else_attributes_is_ended_with_the_job_whose_exit_left_it(
         tmp_path: Path, start_sgs, markers: List[str]) -> None:
     (mark,) = marks(markers, 1)
+    gate = tmp_path / "gate"
     sgs: Sgs = start_sgs(["--gpus", "0", "--kill-grace", "1"])
     # Neither its group, its session nor its environment says it is job 1's
-    # (`env` execs setsid without SGS_JOB_ID before setsid leaves the session).
-    sgs.write(f"env -u SGS_JOB_ID setsid sleep {mark} & {UNTIL_ESCAPED}; exit 0\n".encode())
+    # (`env` execs setsid without SGS_JOB_ID before setsid leaves the session):
+    # it is re-parented to the scheduler when job 1's shell exits, so it is
+    # job 1's leftover, and job 2 gets the GPU only once it is gone.
+    sgs.write(f"env -u SGS_JOB_ID setsid sleep {mark} & {UNTIL_ESCAPED}; "
+              f"while [ ! -e {gate} ]; do sleep 0.01; done; exit 0\n".encode())
     pid = sleep_pid(mark, own_session=True)
     assert b"SGS_JOB_ID=" not in Path(f"/proc/{pid}/environ").read_bytes()
     assert os.getsid(pid) == pid
-    sgs.wait_stderr(r"job 1 finished")
+    sgs.write(f"{saw_it(mark, 'job2.saw')}\n".encode())
+    gate.touch()
+    sgs.close_stdin()
     assert sgs.wait() == 0, sgs.stderr()  # the input ends: the run ends
+    assert (tmp_path / "job2.saw").read_text() == "", sgs.stderr()
     none_left(mark)

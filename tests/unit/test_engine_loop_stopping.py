@@ -385,3 +385,50 @@ def test_a_drain_while_a_failed_attempt_lingers_before_its_retry() -> None:
     assert_counts_add_up(run)
     # Every command read ends for good exactly once, as the events tell it.
     assert final_ids(run) == [1]
+
+
+# --- a lost GPU that makes queued jobs impossible, with --halt-on-failure --------------
+
+
+class _GateThatLooksAtNothing:
+    """The GPU gate's part the loop calls, with no hardware: locks always ours."""
+
+    def due(self) -> bool:
+        return False
+
+    def lock(self, pool: object, gpus: object) -> None:
+        return None
+
+    def next_check(self) -> float:
+        return 1e18
+
+    def job_ended(self, pool: object) -> None:
+        pass
+
+    def unlock_unused(self, pool: object, gpus: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lost_gpu_with_halt_counts_each_queued_job_once() -> None:
+    from loop_fakes import FakeLauncher, Recorder, pipe_with
+
+    from simple_gpu_scheduler.input.reader import InputSource, job_factory
+    from simple_gpu_scheduler.placement.pool import GpuPool
+
+    launcher = FakeLauncher({1: [Plan(0.2)]})
+    recorder = Recorder(launcher)
+    source = InputSource(pipe_with(b"a\nb\nc\n"), job_factory(False, gpus=2))
+    pool = GpuPool(["0", "1"], 1)
+    loop = Loop(Settings(kill_grace=0.05, halt="soon"), launcher, source, pool, recorder,
+                 gate=_GateThatLooksAtNothing())  # type: ignore[arg-type]
+    recorder.loop = loop
+    launcher.on_start[1] = lambda execution: loop.call_at(
+        loop.time() + 0.05, lambda: pool.mark_lost("1", "fell off the bus"))
+    status = loop.run()
+    assert status == 1
+    assert loop.queued == 0
+    # Job 2 fails (impossible now), the halt drains, job 3 is not started: once each.
+    assert loop.state.failed_ids == [2] and loop.state.not_started_ids == [3]
