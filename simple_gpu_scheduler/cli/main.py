@@ -315,7 +315,6 @@ def _run(
     from ..launch.local import LocalLauncher
     from ..placement.pool import GpuPool
     from ..report.messages import ConsoleReport
-    from ..report.status import terminal_width
 
     jsonl = args.input == "jsonl"
     make_job = job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
@@ -335,7 +334,7 @@ def _run(
     launcher = LocalLauncher(shell=args.shell, output=output)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
-                           status_width=lambda: terminal_width(2))
+                           status_width=_status_width)
     settings = Settings(
         kill_grace=args.kill_grace, halt=args.halt_on_failure, backfill=args.backfill,
         skip=resume_filter.skip if resume_filter is not None else None,
@@ -361,6 +360,13 @@ def _run(
             assert plan.gate.backend is not None
             loop.sampler = Sampler(plan.gate.backend, loop.call_soon_threadsafe)
     return loop.run()
+
+
+def _status_width() -> Optional[int]:
+    """The SIGUSR1 table's width: stderr's terminal, or whole commands."""
+    from ..report.status import terminal_width  # only on SIGUSR1
+
+    return terminal_width(2)
 
 
 def _say(text: str) -> None:

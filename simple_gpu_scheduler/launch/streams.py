@@ -7,7 +7,7 @@ it was printed, and the pieces, tagged, to our stream.
 The copy (`copier.Copy`; one helper thread per stream runs them) reads a stream
 with ``os.read`` and holds at most `BOUND` bytes of it, whatever the job
 prints. It cuts the stream into pieces
-(`Pieces`):
+(`copier.Pieces`):
 
 - a piece ends after a newline, a carriage return, or ``\r\n``. A progress
   bar (tqdm) redraws itself with ``\r``, so each update is a piece: it shows,
@@ -34,13 +34,11 @@ from __future__ import annotations
 import os
 import time
 
-from .copier import BOUND, Copier, Copy, Pieces
-
-__all__ = ["BOUND", "Pieces"]  # the cutting rule lives in `copier`, named here too
-
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import Callable, List, Optional, Tuple
+
+    from .copier import Copy
 
 class JobStreams:
     """A job's stdout and stderr as the child gets them (fds; None: ours), and
@@ -65,6 +63,10 @@ class JobStreams:
         its read end when its stream ends; `on_done` is called, from the
         copier's thread, as each one ends)."""
         self._close_child_ends()
+        if not self._copies:
+            return []
+        from .copier import Copier, Copy  # only when output is copied: no import otherwise
+
         copies = [Copy(read, fd, prefix, on_done, file) for read, fd, prefix, file in self._copies]
         for copy in copies:
             Copier.shared(copy.fd).add(copy)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from ..model import events as ev
 from ..model.jobs import FailedToStart, gpu_label
-from ..model.units import format_duration
+from ..model.units import format_clock, format_duration
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Optional
+    from typing import Callable, Dict, List, Optional, Sequence
 
+    from ..model.snapshot import Snapshot
     from .console import Console
     from .joblog import JobLogWriter
     from .progress import ProgressLine
@@ -143,8 +144,6 @@ class ConsoleReport:
             self.progress.show(event.snapshot)
 
     def _run_ended(self, event: ev.RunEnded) -> None:
-        from .progress import summary_lines
-
         if self.progress is not None:
             self.progress.close()
         snap = event.snapshot
@@ -152,3 +151,22 @@ class ConsoleReport:
         quiet_ok = not (snap.failed or snap.not_started or event.stopped)
         for line in lines:
             (self.console.info if quiet_ok else self.console.line)(line)
+
+
+def summary_lines(
+    snap: Snapshot, failed_ids: Sequence[int], resume_hint: Optional[str]
+) -> List[str]:
+    """What the scheduler says when it ends."""
+    total = snap.succeeded + snap.failed + snap.not_started
+    head = (f"done in {format_clock(snap.elapsed)}: {snap.succeeded} of {total} succeeded, "
+            f"{snap.failed} failed, {snap.not_started} not started")
+    if snap.skipped:
+        head += f"; {snap.skipped} skipped as done in the job log"
+    lines = [head]
+    if failed_ids:
+        shown = ", ".join(str(i) for i in failed_ids[:50])
+        more = f" and {len(failed_ids) - 50} more" if len(failed_ids) > 50 else ""
+        lines.append(f"failed jobs: {shown}{more}")
+    if resume_hint and (snap.failed or snap.not_started):
+        lines.append(f"to run what did not succeed, feed the same input to: {resume_hint}")
+    return lines

@@ -14,10 +14,13 @@ import time
 
 from ..model.units import format_clock
 from . import console as output
+from .messages import summary_lines
+
+__all__ = ["summary_lines"]  # the summary is worded in `messages`; named here too
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import List, Optional, Sequence
+    from typing import Sequence
 
     from ..model.snapshot import Snapshot
 
@@ -47,25 +50,6 @@ def progress_text(snap: Snapshot) -> str:
         left = snap.queued + len(snap.running)
         parts.append(f"ETA {format_clock(left / rate)}" if rate > 0 and left else "ETA -")
     return " | ".join(parts)
-
-
-def summary_lines(
-    snap: Snapshot, failed_ids: Sequence[int], resume_hint: Optional[str]
-) -> List[str]:
-    """What the scheduler says when it ends."""
-    total = snap.succeeded + snap.failed + snap.not_started
-    head = (f"done in {format_clock(snap.elapsed)}: {snap.succeeded} of {total} succeeded, "
-            f"{snap.failed} failed, {snap.not_started} not started")
-    if snap.skipped:
-        head += f"; {snap.skipped} skipped as done in the job log"
-    lines = [head]
-    if failed_ids:
-        shown = ", ".join(str(i) for i in failed_ids[:50])
-        more = f" and {len(failed_ids) - 50} more" if len(failed_ids) > 50 else ""
-        lines.append(f"failed jobs: {shown}{more}")
-    if resume_hint and (snap.failed or snap.not_started):
-        lines.append(f"to run what did not succeed, feed the same input to: {resume_hint}")
-    return lines
 
 
 def resume_command(argv: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ from typing import List
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simple_gpu_scheduler.launch.streams import Pieces
+from simple_gpu_scheduler.launch.copier import Pieces
 
 
 def cut(chunks: List[bytes], limit: int = 8) -> List[bytes]:
