@@ -133,6 +133,8 @@ class Loop:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake anyway
+        except OSError:
+            pass  # the pipe was closed (a test that runs many loops): nobody to wake
 
     # --- the run ------------------------------------------------------------------
 
@@ -169,6 +171,9 @@ class Loop:
             # Only now: a stop signal while output was still being finished
             # must not meet the default handlers and kill us without a summary.
             self._restore_handlers(previous)
+            # The wake-up pipe stays open: a helper thread (an output copy that
+            # ends late) may still write to it, and a closed number could by
+            # then name another file. It goes with the process.
         return self.exit_status()
 
     def exit_status(self) -> int:
