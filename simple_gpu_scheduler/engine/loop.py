@@ -355,8 +355,14 @@ class Loop:
         if not gate.due() or (self.sampler is not None and self.sampler.busy):
             return
         devices = gate.begin_look(self.pool)
-        if devices and self.sampler is not None:
+        if not devices:
+            return
+        if self.sampler is not None:
             self.sampler.request(devices, self._sampled)
+        elif gate.backend is not None:
+            # No sampler given (a caller that built the loop without one): the
+            # look is taken here, on this thread, rather than never.
+            self._sampled(gate.backend.sample(devices))
 
     def _sampled(self, samples: Dict[str, Usage]) -> None:
         assert self.gate is not None

@@ -130,13 +130,15 @@ class GpuGate:
         and handed to `sampled`."""
         self._last = self._clock()
         self._locked.clear()
-        self.looking = self.watches_hardware
+        devices = None
+        if self.watches_hardware:
+            devices = [self.devices[gpu_id] for gpu_id in pool.ids
+                       if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
+        # Only a look that will be answered holds starts back (all lost: none).
+        self.looking = bool(devices)
         for gpu_id in pool.ids:
             self._apply(pool, gpu_id)
-        if not self.watches_hardware:
-            return None
-        return [self.devices[gpu_id] for gpu_id in pool.ids
-                if gpu_id in self.devices and pool.gpu(gpu_id).lost is None]
+        return devices
 
     def sampled(self, pool: GpuPool, samples: Mapping[str, Usage], leaders: Leaders) -> None:
         """Judge a sample of the GPUs (taken by `begin_look`'s devices)."""
