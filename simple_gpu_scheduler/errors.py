@@ -1,4 +1,4 @@
-"""What can go wrong before a run, and the exit statuses, named once.
+"""What can go wrong, and the exit statuses, named once.
 
 Every layer may raise `UsageError`; only the command line (`cli`) turns it
 into a one-line message and exit status `ExitCode.USAGE`.
@@ -9,6 +9,14 @@ from __future__ import annotations
 
 class UsageError(Exception):
     """A bad command line or input file: one line for the user, exit status 2."""
+
+
+class LaunchError(Exception):
+    """A job could not be started; the message says why in one line.
+
+    Part of the launcher protocol (`launch.base`); it lives here so that the
+    engine and the launcher raise and catch it without loading the protocol
+    module, which holds only types, at start-up."""
 
 
 class ExitCode:

@@ -32,8 +32,7 @@ import time
 from collections import deque
 
 from .. import threads
-from ..errors import ExitCode
-from ..launch.base import LaunchError
+from ..errors import ExitCode, LaunchError
 from ..model import events as ev
 from ..model.jobs import FailedToStart, Killed, NotStarted, TimedOut, signal_name
 from ..placement.policy import dispatch_order, next_start

@@ -75,5 +75,6 @@ if TYPE_CHECKING:
             """Last resort at exit: kill whatever of our jobs is still there."""
 
 
-class LaunchError(Exception):
-    """The command could not be started; the message says why in one line."""
+from ..errors import LaunchError  # noqa: E402  (part of the protocol; defined low)
+
+__all__ = ["LaunchError"]

@@ -28,8 +28,8 @@ import pwd
 import signal
 import time
 
+from ..errors import LaunchError
 from ..model.jobs import outcome_from_returncode
-from .base import LaunchError
 from .procgroup import Orphans, group_alive, send_group
 from .streams import Passthrough
 
