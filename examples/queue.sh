@@ -5,10 +5,10 @@
 #   terminal 1:  sh examples/queue.sh
 #   terminal 2:  echo 'echo "hello from GPU $CUDA_VISIBLE_DEVICES"; sleep 2' >> gpu.queue
 #
-# --queue-file follows the file by name, also when an editor or `sed -i`
-# replaces it, and never runs a line twice. (`tail -F -n 0 gpu.queue |
-# simple_gpu_scheduler ...` also follows the name, but reads a replaced file
-# again from its first line, so its commands would run again; plain
-# `tail -f` loses the file when it is replaced.)
+# `tail -n 0` starts at the end of the file, so old lines are not run again.
+# `tail -F` follows the file by name: plain `tail -f` loses it when an editor or
+# `sed -i` replaces it, and lines appended after that never run. Append with
+# `>>`: after a replacement `tail -F` reads the new file from its first line,
+# so the commands already in it would run again.
 touch gpu.queue
-simple_gpu_scheduler --gpus 0,1 --joblog gpu.joblog --queue-file gpu.queue
+tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1 --joblog gpu.joblog

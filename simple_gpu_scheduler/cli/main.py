@@ -34,11 +34,9 @@ examples:
   # a sweep, generated and run
   simple_hypersearch "python train.py --lr {lr}" -p lr 1e-2 1e-3 | simple_gpu_scheduler --gpus 0 1
 
-  # a live queue: append commands to gpu.queue at any time
-  touch gpu.queue; simple_gpu_scheduler --gpus 0,1 --queue-file gpu.queue
-  # the same with tail (follow the name: -F, not -f; a replaced file is
-  # read again from its first line, so its commands run again)
-  tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
+  # a live queue: append commands to gpu.queue at any time (tail -F follows
+  # the name; an editor's save makes it read the file again from the start)
+  touch gpu.queue; tail -F -n 0 gpu.queue | simple_gpu_scheduler --gpus 0,1
   echo "python train.py --seed 1 > seed1.log" >> gpu.queue
 
   # two jobs on each GPU, every job on two GPUs, output tagged per job
@@ -130,12 +128,6 @@ def build_parser() -> Parser:
         "a rerun or retry appends, after a '--- simple_gpu_scheduler: job N attempt K, "
         "DATE TIME ---' line when the file already holds something",
     )
-    parser.add_argument(
-        "--queue-file", metavar="FILE",
-        help="read commands from FILE instead of stdin, and keep following it as lines "
-        "are appended (echo CMD >> FILE), also when an editor or sed -i replaces it: "
-        "each line number runs once, so the lines already read are never run again; "
-        "the run ends on Ctrl-C")
     parser.add_argument(
         "--kill-grace", type=argtypes.seconds, default=10.0, metavar="SECONDS",
         help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
@@ -267,7 +259,7 @@ def _main(argv: Optional[List[str]]) -> int:
     from .gpu_options import plan_gpus
 
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
-    if 0 in closed and args.queue_file is None and not args.list_gpus:
+    if 0 in closed and not args.list_gpus:
         console.line("stdin is closed: there are no commands to read")
     if args.list_gpus:
         from .list_gpus import list_gpus
@@ -298,7 +290,7 @@ def _main(argv: Optional[List[str]]) -> int:
         from ..report.progress import ProgressLine
 
         progress = ProgressLine(tty=os.isatty(2))
-    if args.queue_file is None and sys.stdin is not None and sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")
     return _run(args, plan, console, output, joblog, resume_filter, resume_hint, progress)
 
@@ -319,18 +311,7 @@ def _run(
     jsonl = args.input == "jsonl"
     make_job = job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
                            retries=args.retries, aliases=plan.aliases)
-    source: InputSource
-    if args.queue_file is not None:
-        from ..input.queuefile import QueueFileSource
-
-        try:
-            source = QueueFileSource(args.queue_file, make_job, continuation=not jsonl)
-        except OSError as exc:
-            raise UsageError(f"--queue-file {args.queue_file}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise UsageError(f"--queue-file {args.queue_file}: {exc}") from None
-    else:
-        source = InputSource(0, make_job, continuation=not jsonl)
+    source = InputSource(0, make_job, continuation=not jsonl)
     launcher = LocalLauncher(shell=args.shell, output=output)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
@@ -343,7 +324,7 @@ def _run(
     # A regular file's commands are counted up front (not held), so that the
     # progress line shows the whole queue and an ETA from the start.
     total = None
-    if progress is not None and args.queue_file is None:
+    if progress is not None:
         total = count_commands(0, continuation=not jsonl)
     loop = Loop(settings, launcher, source, pool, report, gate=plan.gate,
                 owners=launcher.leaders, total=total)

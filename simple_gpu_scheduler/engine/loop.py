@@ -97,9 +97,6 @@ class Loop:
         #: stop and status signals recorded by the handler, acted on by the loop
         self._signals: Deque[int] = deque()
         self._watching_input = False
-        #: --queue-file: the next look at the file, and when it is due
-        self._input_timer: Optional[Timer] = None
-        self._input_due = clock()
         self._poll_armed = False
         self._said_unknown_memory = False
         self._losses_seen = 0
@@ -257,11 +254,7 @@ class Loop:
             self._job_read(job)
         want = (not self.stop_level and self.queued < self.read_ahead
                 and source.wants_read())
-        if source.interval is not None:
-            # A file that grows (--queue-file): look again in a while.
-            if want and self._input_timer is None:
-                self._input_timer = self.call_at(self._input_due, self._input_look)
-        elif want != self._watching_input:
+        if want != self._watching_input:
             self._watching_input = want
             if want:
                 self.add_reader(source.fd, self._input_ready)
@@ -275,17 +268,6 @@ class Loop:
 
     def _input_ready(self) -> None:
         self.source.read()
-        self._take_input()
-
-    def _input_look(self) -> None:
-        self._input_timer = None
-        before = self.source.buffered
-        self.source.read()
-        while self.source.notices:
-            self.emit(ev.Notice(self.source.notices.pop(0), 1))
-        interval = self.source.interval or 0.0
-        # More may be waiting right behind what was just read: look again at once.
-        self._input_due = self.clock() + (0.0 if self.source.buffered > before else interval)
         self._take_input()
 
     def _job_read(self, job: Job) -> None:
@@ -545,9 +527,6 @@ class Loop:
         """Start nothing more: every command read and not started is listed."""
         queued = [r.job for r in self.state.with_status(QUEUED)]
         unread = self.source.drain()  # read from stdin, not taken yet: never lost
-        if self._input_timer is not None:
-            self._input_timer.cancel()
-            self._input_timer = None
         if self._watching_input:
             self._watching_input = False
             self.remove_reader(self.source.fd)

@@ -125,10 +125,6 @@ def job_factory(
 class InputSource:
     """The commands on one file descriptor, cut and numbered from 1."""
 
-    #: None: the loop waits for `fd` to be readable. A number: `fd` cannot be
-    #: waited for (a regular file that grows), so the loop looks this often.
-    interval: Optional[float] = None
-
     def __init__(self, fd: int, make_job: JobFactory, continuation: bool = True) -> None:
         self.fd = fd
         self._make_job = make_job
@@ -141,8 +137,6 @@ class InputSource:
         self.error: Optional[str] = None
         #: commands numbered so far
         self.count = 0
-        #: sentences for the user (the engine shows them as notices)
-        self.notices: List[str] = []
 
     @property
     def buffered(self) -> int:

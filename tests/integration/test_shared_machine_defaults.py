@@ -4,21 +4,11 @@ downstream, a replaced queue file, continued lines in messages)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 from typing import List
 
-from harness import (
-    REPO_ROOT,
-    FakeMachine,
-    GiB,
-    fake_gpu,
-    poll_until,
-    popen_sgs,
-    read_lines,
-    run_sgs,
-)
+from harness import REPO_ROOT, FakeMachine, GiB, fake_gpu, popen_sgs, read_lines, run_sgs
 
 SHOW = "echo $CUDA_VISIBLE_DEVICES"
 #: A pid that no process of ours has: a process in another container (pid namespace).
@@ -163,32 +153,3 @@ def test_messages_show_a_continued_command_as_the_shell_reads_it() -> None:
                      text=True)
     assert "job 1 started on gpu 0: python3 -c pass --flag 1 --x 2" in result.stderr
     assert "\\" not in result.stderr
-
-
-def test_a_queue_file_replaced_by_an_editor_runs_each_line_once(tmp_path: Path) -> None:
-    """--queue-file follows the file by name, and after an editor or `sed -i`
-    replaced it, the lines already read do not run again (they would with
-    `tail -F`, which reads a replaced file from its first line)."""
-    queue = tmp_path / "gpu.queue"
-    queue.write_text("echo first\n")
-    out = tmp_path / "out"
-    proc = popen_sgs(["--gpus", "0", "--queue-file", str(queue)], stdin=subprocess.DEVNULL,
-                     cwd=tmp_path, stdout=out, stderr=tmp_path / "err")
-    try:
-        poll_until(lambda: read_lines(out) == ["first"], what="the first command")
-        with open(queue, "a") as f:
-            f.write("echo second\n")
-        poll_until(lambda: read_lines(out) == ["first", "second"], what="an appended command")
-        # An editor saves: a new file replaces the old one, with a line added.
-        replaced = tmp_path / "gpu.queue.swp"
-        replaced.write_text("echo first\necho second\necho third\n")
-        replaced.replace(queue)
-        poll_until(lambda: read_lines(out)[-1:] == ["third"], what="the edited-in command")
-        with open(queue, "a") as f:
-            f.write("echo fourth\n")
-        poll_until(lambda: read_lines(out)[-1:] == ["fourth"], what="a command appended after")
-        assert read_lines(out) == ["first", "second", "third", "fourth"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
-    assert "done in" in (tmp_path / "err").read_text()
