@@ -96,6 +96,8 @@ class LocalExecution:
         self.pumps: List[Copy] = []
         self.exited = False  # the shell was reaped: its pid may be reused
         self.outcome: Optional[Outcome] = None
+        #: the last signal its tree was sent: an orphan of it adopted later gets it too
+        self.last_signal: Optional[int] = None
         self.reported = False
         self.output_timer: Optional[Cancellable] = None
 
@@ -200,7 +202,7 @@ class LocalLauncher:
         engine waits for every job to be cleared)."""
         for execution in list(self._live.values()):
             self.signal(execution, signal.SIGKILL)
-        self._orphans.scan(*self._maps())
+        self._scan()
         self._orphans.kill_all()
 
     # --- ending ---------------------------------------------------------------
@@ -213,9 +215,10 @@ class LocalLauncher:
             # The shell is reaped and its group is empty: nothing pins the group
             # id any more (a live member does), so it is not ours to signal.
             return
+        execution.last_signal = signum
         send_group(execution.pid, signum)
         if self._orphans.enabled:
-            self._orphans.scan(*self._maps())
+            self._scan()
             self._orphans.signal(execution.job.id, signum)
 
     def _watch(self, execution: LocalExecution) -> None:
@@ -254,7 +257,11 @@ class LocalLauncher:
             execution._proc.returncode = returncode  # we reaped it, not Popen
         execution.exited = True
         execution.outcome = outcome_from_returncode(returncode)
-        self._orphans.scan(*self._maps(), ending=execution.job.id)
+        # The orphans this exit made are this job's when no other job runs
+        # (with others running, one that nothing else ties to a job could be
+        # any job's: it is then only killed when the scheduler exits).
+        alone = all(ex is execution for ex in self._live.values())
+        self._scan(ending=execution.job.id if alone else None)
         if self._tree_alive(execution):
             self._report(execution, lingering=True)
             self._lingering[execution.pid] = execution
@@ -299,11 +306,20 @@ class LocalLauncher:
 
     def _check_lingering(self) -> None:
         self._poll = None
-        self._orphans.scan(*self._maps())  # reaps exited orphans: zombies are not alive
+        self._scan()  # reaps exited orphans: zombies are not alive
         for execution in list(self._lingering.values()):
             if not self._tree_alive(execution):
                 self._clear(execution)
         self._arm_poll()
+
+    def _scan(self, ending: Optional[int] = None) -> None:
+        """Adopt new orphans; one whose job was signalled already (it became an
+        orphan after the signal: its parent died of it) gets that signal too."""
+        for pid in self._orphans.scan(*self._maps(), ending=ending):
+            owner = self._orphans.owner_of(pid)
+            for execution in self._live.values():
+                if execution.job.id == owner and execution.last_signal is not None:
+                    self._orphans.signal_one(pid, execution.last_signal)
 
     def _maps(self) -> Tuple[Dict[int, int], Dict[int, int]]:
         """(leader pid -> job id) of the shells not reaped yet, and (group id ->

@@ -135,42 +135,59 @@ class Orphans:
         self._owner: Dict[int, Optional[int]] = {}
         #: children we had before any job: somebody else's
         self._before: Set[int] = set()
+        #: sessions and groups of ours and of those children: not our jobs'
+        self._foreign_ids: Set[int] = set()
         self.enabled = False
 
     def enable(self) -> None:
         self.enabled = become_subreaper() and os.path.exists(self._children_path)
         if self.enabled:
             self._before = set(self._children())
+            # Their descendants may be re-parented to us too, and are not ours
+            # either: they are known by session or group, which no job shares
+            # (every job starts a session of its own).
+            self._foreign_ids = {os.getsid(0)}
+            for pid in self._before:
+                ids = _stat_ids(pid)
+                if ids is not None:
+                    self._foreign_ids.update(ids)
 
     def _children(self) -> List[int]:
         data = _proc(os.getpid(), f"task/{os.getpid()}/children")
         return [int(p) for p in data.split()] if data else []
 
     def scan(self, leaders: Dict[int, int], job_of_pid: Dict[int, int],
-             ending: Optional[int] = None) -> None:
+             ending: Optional[int] = None) -> List[int]:
         """Reap the orphans that exited, then find new ones.
 
         `leaders` maps job leader pids to job ids (their pids are never
         waited for here: the launcher reaps them); `job_of_pid` is the same
         map by pgid/sid (a leader's pid is its group's and session's id).
-        `ending` is the job whose leader has just exited: an orphan that
-        nothing else ties to a job was re-parented by that exit, so it is that
-        job's. Reaping first matters: an orphan's children are re-parented to
+        `ending` is the job whose leader has just exited, given only when no
+        other job runs: an orphan that nothing else ties to a job was then
+        re-parented by that exit, so it is that job's. Returns the pids
+        adopted now. Reaping first matters: an orphan's children are re-parented to
         us before it becomes a zombie, so once it is reaped they are listed.
         """
         if not self.enabled:
-            return
+            return []
         self.reap()
+        adopted = []
         for pid in self._children():
             if pid in leaders or pid in self._owner or pid in self._before:
                 continue
             ids = _stat_ids(pid)
             job = None
             if ids is not None:
+                if ids[0] in self._foreign_ids or ids[1] in self._foreign_ids:
+                    self._before.add(pid)  # a descendant of what we had before
+                    continue
                 job = job_of_pid.get(ids[0], job_of_pid.get(ids[1]))
             if job is None:
                 job = _job_id_from_environ(pid)
             self._owner[pid] = job if job is not None else ending
+            adopted.append(pid)
+        return adopted
 
     def reap(self) -> None:
         for pid in list(self._owner):
@@ -181,21 +198,28 @@ class Orphans:
             if done:
                 del self._owner[pid]
 
+    def owner_of(self, pid: int) -> Optional[int]:
+        return self._owner.get(pid)
+
     def of(self, job_id: int) -> Set[int]:
         return {pid for pid, owner in self._owner.items() if owner == job_id}
 
     def signal(self, job_id: int, signum: int) -> None:
-        """Signal what job `job_id` left outside its group: each orphan's own
-        group when it leads one (``setsid`` makes it so), else the orphan."""
+        """Signal what job `job_id` left outside its group."""
         for pid in self.of(job_id):
-            ids = _stat_ids(pid)
-            if ids is not None and ids[0] == pid:
-                send_group(pid, signum)
-            else:
-                send(pid, signum)
+            self.signal_one(pid, signum)
+
+    def signal_one(self, pid: int, signum: int) -> None:
+        """The orphan's own group when it leads one (``setsid`` makes it so),
+        else the orphan."""
+        ids = _stat_ids(pid)
+        if ids is not None and ids[0] == pid:
+            send_group(pid, signum)
+        else:
+            send(pid, signum)
 
     def kill_all(self) -> None:
         """At exit: every orphan of ours is killed, whatever job it came from
         (all of them descend from our jobs; what we had before is not here)."""
         for pid in list(self._owner):
-            send(pid, signal.SIGKILL)
+            self.signal_one(pid, signal.SIGKILL)  # its group too: what it started
