@@ -15,6 +15,7 @@ new thread runs, a context switch per job that a busy machine notices.
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -34,3 +35,33 @@ def start(function: Callable[..., Any], *args: Any) -> None:
         _thread.start_new_thread(function, args)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class WakePipe:
+    """A self-pipe: another thread (or a signal, through
+    `signal.set_wakeup_fd`) wakes a thread that waits in ``poll`` on `read_fd`.
+    Both ends are non-blocking: a full pipe means the waiter is awake anyway."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except BlockingIOError:
+            pass  # full: the waiter is awake anyway
+        except OSError:
+            pass  # closed (a test that runs many loops): nobody left to wake
+
+    def drain(self) -> None:
+        """Empty the pipe (the waiter is awake: that was all it said)."""
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+

@@ -25,7 +25,6 @@ listener.
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import time
@@ -91,7 +90,7 @@ class Loop:
         self.input_error = False
         self._poll = select.poll()
         self._readers: Dict[int, Callable[[], None]] = {}
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waker = threads.WakePipe()
         #: callables posted by other threads; `deque.append` is thread-safe
         self._soon: Deque[Callable[[], None]] = deque()
         #: stop and status signals recorded by the handler, acted on by the loop
@@ -119,18 +118,10 @@ class Loop:
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._soon.append(callback)
-        self._wake()
+        self._waker.wake()
 
     def time(self) -> float:
         return self.clock()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is awake anyway
-        except OSError:
-            pass  # the pipe was closed (a test that runs many loops): nobody to wake
 
     # --- the run ------------------------------------------------------------------
 
@@ -139,7 +130,7 @@ class Loop:
         say the last word (`RunEnded`) and return the exit status."""
         previous = self._install_handlers()
         try:
-            self._poll.register(self._wake_r, select.POLLIN)
+            self._poll.register(self._waker.read_fd, select.POLLIN)
             self.launcher.attach(self, self)
             try:
                 self._turn_done()
@@ -188,7 +179,7 @@ class Loop:
             # non-interactive shell) stays ignored: the Unix convention.
             if signal.getsignal(signum) != signal.SIG_IGN:
                 handlers[signum] = signal.signal(signum, self._record_signal)
-        wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        wakeup = signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
         return handlers, wakeup
 
     def _restore_handlers(self, previous: Tuple[Dict[int, object], int]) -> None:
@@ -215,12 +206,8 @@ class Loop:
         else:
             ms = int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)  # never spin before a deadline
         for fd, _ in self._poll.poll(ms):
-            if fd == self._wake_r:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+            if fd == self._waker.read_fd:
+                self._waker.drain()
                 continue
             callback = self._readers.get(fd)
             if callback is not None:

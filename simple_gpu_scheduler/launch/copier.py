@@ -176,8 +176,8 @@ class Copier:
 
     def __init__(self) -> None:
         self._poll = select.poll()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poll.register(self._wake_r, select.POLLIN)
+        self._waker = threads.WakePipe()
+        self._poll.register(self._waker.read_fd, select.POLLIN)
         #: copies handed over and not yet watched; `deque.append` is thread-safe
         self._added: Deque[Copy] = deque()
         self._copies: Dict[int, Copy] = {}
@@ -188,10 +188,7 @@ class Copier:
         if not self._started:
             self._started = True
             threads.start(self._run)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the thread is awake anyway
+        self._waker.wake()
 
     def _run(self) -> None:
         while True:
@@ -200,12 +197,8 @@ class Copier:
                 self._copies[copy.source] = copy
                 self._poll.register(copy.source, select.POLLIN)
             for fd, _ in self._poll.poll():
-                if fd == self._wake_r:
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                if fd == self._waker.read_fd:
+                    self._waker.drain()
                     continue
                 copy = self._copies[fd]
                 if not copy.readable():

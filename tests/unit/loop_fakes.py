@@ -327,8 +327,7 @@ def run_loop(
     finally:
         dog.cancel()
         os.close(fd)
-        os.close(loop._wake_r)
-        os.close(loop._wake_w)
+        loop._waker.close()
     return Run(loop, launcher, recorder, source, status)
 
 
