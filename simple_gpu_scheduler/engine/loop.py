@@ -84,7 +84,6 @@ class Loop:
         self.state.total = total
         self.ladder = StopLadder(self.call_at, clock, settings.kill_grace, self._give_up)
         self.read_ahead = max(8, 2 * pool.total_slots)
-        self.queued = 0  # records with status QUEUED
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
         self.input_error = False
@@ -196,7 +195,7 @@ class Loop:
     def _done(self) -> bool:
         if self.state.busy:
             return False
-        return self.stop_level > 0 or (not self.state.input_open and self.queued == 0)
+        return self.stop_level > 0 or (not self.state.input_open and self.state.queued == 0)
 
     def _wait(self) -> None:
         """Block until a file descriptor is ready or the next timer is due."""
@@ -234,12 +233,12 @@ class Loop:
 
     def _take_input(self) -> None:
         source = self.source
-        while not self.stop_level and self.queued < self.read_ahead:
+        while not self.stop_level and self.state.queued < self.read_ahead:
             job = source.take()
             if job is None:
                 break
             self._job_read(job)
-        want = (not self.stop_level and self.queued < self.read_ahead
+        want = (not self.stop_level and self.state.queued < self.read_ahead
                 and source.wants_read())
         if want != self._watching_input:
             self._watching_input = want
@@ -265,7 +264,6 @@ class Loop:
             self.emit(ev.JobSkipped(job))
             return
         record = self.state.add(job)
-        self.queued += 1
         self._reject_if_unrunnable(record)
 
     def _reject_if_unrunnable(self, record: JobRecord) -> bool:
@@ -276,7 +274,6 @@ class Loop:
         if not (job.invalid or impossible):
             return False
         reason = job.invalid or f"it can never run here: {impossible}"
-        self.queued -= 1
         self._finish(record, FailedToStart(reason), (), "", self.wall(), 0.0, final=True)
         return True
 
@@ -284,7 +281,7 @@ class Loop:
 
     def _dispatch(self) -> None:
         """Start queued jobs while their GPUs are free (`placement.policy`)."""
-        if not self.queued or self.stop_level:
+        if not self.state.queued or self.stop_level:
             return
         if self.gate is not None:
             self._look_at_gpus()
@@ -299,7 +296,7 @@ class Loop:
                     if self.state.records.get(record.job.id) is record \
                             and record.status == QUEUED:
                         self._reject_if_unrunnable(record)
-        order = dispatch_order(self.state.queued())
+        order = dispatch_order(self.state.queued_jobs())
         while order and not self.stop_level:
             choice, waiting = next_start(order, self._place, self.settings.backfill)
             for job in waiting:
@@ -313,7 +310,7 @@ class Loop:
             if record.status == QUEUED:
                 # It could not start and goes again (--retries): it is queued
                 # anew, so the order is made anew.
-                order = dispatch_order(self.state.queued())
+                order = dispatch_order(self.state.queued_jobs())
 
     def _look_at_gpus(self) -> None:
         """Start a look at the hardware when one is due; the sample comes
@@ -367,7 +364,6 @@ class Loop:
         job = record.job
         job.attempts += 1
         self.pool.take(gpus, job)
-        self.queued -= 1
         try:
             execution = self.launcher.start(job, gpus)
         except LaunchError as exc:
@@ -461,7 +457,6 @@ class Loop:
         """The attempt is over and cleared: queue the job again, or count it done."""
         if record.retry and not self.stop_level:
             self.state.requeue(record)
-            self.queued += 1
             return
         if record.retry:
             # Its next attempt was announced, and the run stopped since: that
@@ -533,7 +528,6 @@ class Loop:
                               self.settings.kill_grace))
         for job in dispatch_order(queued) + unread:
             self._not_started(job)
-        self.queued = 0
         self.state.input_open = False
 
     def _not_started(self, job: Job) -> None:

@@ -75,18 +75,24 @@ class RunState:
         self.total: Optional[int] = None
         #: commands taken from the input so far (skipped ones too)
         self.read = 0
+        #: records with status QUEUED, kept as their status changes (the loop
+        #: asks at every step; records are not walked for it)
+        self.queued = 0
 
     # --- transitions ------------------------------------------------------------
 
     def add(self, job: Job) -> JobRecord:
         record = JobRecord(job)
         self.records[job.id] = record
+        self.queued += 1
         return record
 
     def job_started(self, job: Job, gpus: Tuple[str, ...], when: Optional[float] = None
                     ) -> JobRecord:
         """`job` runs on `gpus` (its record is made if it has none)."""
         record = self.records.get(job.id) or self.add(job)
+        if record.status == QUEUED:
+            self.queued -= 1
         record.status = RUNNING
         record.gpus = gpus
         record.started = self._clock() if when is None else when
@@ -96,6 +102,8 @@ class RunState:
         return record
 
     def requeue(self, record: JobRecord) -> None:
+        if record.status != QUEUED:
+            self.queued += 1
         record.status = QUEUED
         record.execution = None
         record.gpus = ()
@@ -103,7 +111,9 @@ class RunState:
 
     def record(self, job: Job, outcome: Outcome) -> None:
         """`job` is done for good (no retry left): count it, forget its record."""
-        self.records.pop(job.id, None)
+        record = self.records.pop(job.id, None)
+        if record is not None and record.status == QUEUED:
+            self.queued -= 1
         if outcome.ok:
             self.succeeded += 1
         elif isinstance(outcome, NotStarted):
@@ -111,25 +121,17 @@ class RunState:
         else:
             self.failed_ids.append(job.id)
 
-    def job_ended(self, job: Job) -> None:
-        """Forget a job without counting it (used by views that count elsewhere)."""
-        self.records.pop(job.id, None)
-
     # --- views ------------------------------------------------------------------
 
     def with_status(self, status: str) -> Iterator[JobRecord]:
         return (r for r in self.records.values() if r.status == status)
 
-    def queued(self) -> List[Job]:
+    def queued_jobs(self) -> List[Job]:
         return [r.job for r in self.with_status(QUEUED)]
 
     @property
     def failed(self) -> int:
         return len(self.failed_ids)
-
-    @property
-    def running(self) -> Dict[int, JobRecord]:
-        return {r.job.id: r for r in self.with_status(RUNNING)}
 
     @property
     def busy(self) -> bool:
@@ -143,7 +145,7 @@ class RunState:
                         printable(r.job.name) if r.job.name else None)
             for r in sorted(self.with_status(RUNNING), key=lambda r: r.job.id)
         )
-        queued = sum(1 for _ in self.with_status(QUEUED))
+        queued = self.queued
         if self.total is not None and self.input_open:
             queued += max(0, self.total - self.read)  # not read yet
         return Snapshot(

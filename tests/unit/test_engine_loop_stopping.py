@@ -429,6 +429,6 @@ def test_a_lost_gpu_with_halt_counts_each_queued_job_once() -> None:
         loop.time() + 0.05, lambda: pool.mark_lost("1", "fell off the bus"))
     status = loop.run()
     assert status == 1
-    assert loop.queued == 0
+    assert loop.state.queued == 0
     # Job 2 fails (impossible now), the halt drains, job 3 is not started: once each.
     assert loop.state.failed_ids == [2] and loop.state.not_started_ids == [3]
