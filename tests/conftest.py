@@ -25,6 +25,10 @@ from harness import SGS, Recorder, Sgs, live_pids  # noqa: E402
 #: In os.environ, so `child_env()` and tests that build an environment themselves get it.
 LOCK_DIR = tempfile.mkdtemp(prefix="sgs-test-locks-")
 os.environ["SGS_LOCK_DIR"] = LOCK_DIR
+#: A control directory of our own (SGS_CONTROL_DIR, mode 0700 from mkdtemp): the
+#: client verbs of this suite see only this suite's runs, never the user's own.
+CONTROL_DIR = tempfile.mkdtemp(prefix="sgs-test-control-")
+os.environ["SGS_CONTROL_DIR"] = CONTROL_DIR
 
 
 @pytest.fixture(scope="session")

@@ -546,3 +546,78 @@ class FakeMachine:
         """How many times usage was sampled (the process list is only asked then)."""
         return len(self.calls("nvml nvmlDeviceGetComputeRunningProcesses")) + len(
             self.calls("smi --query-compute-apps"))
+
+
+# --- the control socket ----------------------------------------------------------
+
+
+def control_dir() -> Path:
+    """The suite's control directory (``SGS_CONTROL_DIR``, set by conftest.py)."""
+    return Path(os.environ["SGS_CONTROL_DIR"])
+
+
+def run_name(tag: str = "run") -> str:
+    """A run name no other test uses (``--name``)."""
+    return f"{tag}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def verb(*args: str, env: Optional[Dict[str, str]] = None, input: Optional[str] = None,
+         timeout: float = RUN_TIMEOUT, cwd: Optional[Path] = None
+         ) -> subprocess.CompletedProcess:
+    """``simple_gpu_scheduler VERB ...`` (a client), run to its end, text streams."""
+    assert SGS is not None, "simple_gpu_scheduler is not installed"
+    return subprocess.run([SGS, *args], input=input, capture_output=True, text=True,
+                          env=child_env() if env is None else env, timeout=timeout, cwd=cwd)
+
+
+def verb_json(*args: str, **kwargs: Any) -> Any:
+    """A client verb with ``--json``: its output, parsed; fails the test on exit != 0."""
+    done = verb(*args, "--json", **kwargs)
+    assert done.returncode == 0, (args, done.returncode, done.stderr)
+    return json.loads(done.stdout)
+
+
+class Client:
+    """A raw connection to a run's socket, for what the verbs never send."""
+
+    def __init__(self, name: str, timeout: float = 10.0) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(control_dir() / f"{name}.sock"))
+        self._buffer = b""
+        self.greeting = self.read()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> Any:
+        """The next line from the server, parsed (None at its end)."""
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, message: Dict[str, Any]) -> Any:
+        self.send_raw(json.dumps(message).encode() + b"\n")
+        return self.read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for_run(name: str, timeout: float = 10.0) -> Dict[str, Any]:
+    """Poll until run `name` answers on its socket; its greeting."""
+    def greeting() -> Optional[Dict[str, Any]]:
+        try:
+            client = Client(name, timeout=1.0)
+        except OSError:
+            return None
+        client.close()
+        return client.greeting
+
+    return poll_until(greeting, timeout, message=f"run {name} never answered on its socket")

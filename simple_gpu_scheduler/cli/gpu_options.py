@@ -20,11 +20,12 @@ from . import argtypes
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+    from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
     from ..gpus.busy import Limits
     from ..gpus.gate import GpuGate
     from ..model.devices import Backend, Device, Discovery
+    from ..placement.pool import GpuPool
     from ..report.console import Console
 
 NO_GPUS = "no GPUs found; pass --gpus"
@@ -327,12 +328,58 @@ def _gate(
         return None
     from ..gpus.gate import GpuGate
 
-    lock_keys = {
-        gpu_id: devices[gpu_id].lock_key if gpu_id in devices
-        else (str(int(gpu_id)) if gpu_id.isascii() and gpu_id.isdigit() else gpu_id)
-        for gpu_id in ids
-    }
+    lock_keys = {gpu_id: _lock_key(gpu_id, devices) for gpu_id in ids}
     return GpuGate(
         devices=devices, backend=backend, limits=limits, locks=locks,
         lock_keys=lock_keys, poll=args.poll, say=console.say,
     )
+
+
+def admitter(
+    args: argparse.Namespace, plan: GpuPlan, pool: "GpuPool"
+) -> "Callable[[Sequence[str]], None]":
+    """``gpus add``: GPUs new to a running run, checked as ``--gpus`` ids are
+    (an id that names no device, or the same device as one in the run, is
+    refused; the busy rule and the lock apply from the next look on), then
+    added to the pool and the gate. Raises ValueError with the reason."""
+
+    def admit(given: "Sequence[str]") -> None:
+        try:
+            ids = parse_gpu_ids(list(given))
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        gate = plan.gate
+        devices: Dict[str, "Device"] = {}
+        if gate is not None and gate.backend is not None:
+            from ..gpus.discovery import open_backend
+
+            _, found = open_backend()
+            try:
+                devices = _devices_of([*pool.ids, *ids], found)
+            except UsageError as exc:
+                raise ValueError(str(exc).replace("--gpus: ", "")) from None
+        for gpu_id in ids:
+            device = devices.get(gpu_id)
+            size = args.gpu_memory or (device.mem_total if device is not None else None)
+            pool.add_gpu(gpu_id, memory=size or None,
+                         mig=device is not None and device.is_mig)
+            if size:
+                plan.memory[gpu_id] = size
+            if device is not None:
+                plan.aliases[device.uuid] = gpu_id
+                if not device.is_mig:
+                    plan.aliases[device.index] = gpu_id
+            plan.aliases[gpu_id] = gpu_id
+            if gate is not None:
+                if device is not None:
+                    gate.devices[gpu_id] = device
+                gate.lock_keys[gpu_id] = _lock_key(gpu_id, devices)
+                gate.expire()  # look at it before it takes a job
+
+    return admit
+
+
+def _lock_key(gpu_id: str, devices: Dict[str, "Device"]) -> str:
+    if gpu_id in devices:
+        return devices[gpu_id].lock_key
+    return str(int(gpu_id)) if gpu_id.isascii() and gpu_id.isdigit() else gpu_id

@@ -16,7 +16,12 @@ TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
     from typing import List, NoReturn, Optional, Tuple
 
+    from ..control.attach import Control
+    from ..control.handlers import Handlers
+    from ..engine.loop import Loop
     from ..launch.streams import OutputMode
+    from ..model.events import Event, Listener
+    from ..placement.pool import GpuPool
     from ..report.console import Console
     from ..report.joblog import JobLogWriter, ResumeFilter
     from ..report.progress import ProgressLine
@@ -51,6 +56,11 @@ signals: the first Ctrl-C, SIGTERM or SIGHUP drains (running jobs finish,
 queued commands are listed and not started); a second Ctrl-C or SIGTERM
 terminates the running jobs (SIGKILL after --kill-grace); a third kills them.
 SIGUSR1 prints a status table on stderr.
+
+steering (from another shell of the same user, while the run goes on):
+  simple_gpu_scheduler status | ls | add -- CMD | cancel ID | kill ID | log -f ID
+  simple_gpu_scheduler pause | unpause | drain | stop | gpus remove ID | move | wait
+  (each verb has its own --help; docs/control.md describes the socket)
 
 exit status: 0 every command succeeded, 1 some failed or did not start,
 2 usage error, 128+N stopped by signal N (130 for Ctrl-C).
@@ -133,6 +143,7 @@ def build_parser() -> Parser:
         help="after SIGTERM, wait this long before SIGKILL (default: %(default)g)",
     )
     add_run_options(parser)
+    add_control_options(parser)
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true",
                       help="print only failures, warnings and signal notices")
@@ -184,6 +195,30 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    """The run's control socket, its name, and what it does after its input."""
+    group = parser.add_argument_group("steering a running scheduler (docs/control.md)")
+    group.add_argument(
+        "--name", metavar="NAME",
+        help="the run's name for the client verbs (--run NAME), the socket NAME.sock "
+        "(default: the scheduler's pid)")
+    group.add_argument(
+        "--control-dir", metavar="DIR",
+        help="directory of the control sockets, mode 0700 (default: $SGS_CONTROL_DIR, "
+        "else $XDG_RUNTIME_DIR/simple_gpu_scheduler, else /tmp/simple_gpu_scheduler-UID)")
+    group.add_argument("--no-control", action="store_true",
+                       help="no control socket: the client verbs cannot see this run")
+    group.add_argument(
+        "--serve", action="store_true",
+        help="keep running after stdin has ended, taking jobs from add, until drain, "
+        "stop or Ctrl-C: simple_gpu_scheduler --gpus 0,1 --serve < /dev/null &")
+    group.add_argument(
+        "--on-finish", metavar="CMD",
+        help="after each job ends for good, run CMD through the shell with SGS_JOB_ID, "
+        "SGS_JOB_NAME, SGS_EXIT, SGS_SIGNAL, SGS_STATUS (succeeded, failed, killed, timed "
+        "out), SGS_GPUS and SGS_COMMAND set; its failure is reported, never fatal")
+
+
 def open_joblog(
     path: str, resume: bool, resume_failed: bool, console: Console
 ) -> Tuple[JobLogWriter, Optional[ResumeFilter]]:
@@ -206,7 +241,21 @@ def open_joblog(
     return writer, resume_filter
 
 
+#: The client verbs (`verbs`): ``simple_gpu_scheduler VERB ...``. Named here
+#: so that a run never imports the client.
+VERBS = ("status", "ls", "add", "cancel", "kill", "log", "pause", "unpause", "drain", "stop",
+         "gpus", "move", "wait")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in VERBS:
+        from .verbs import run_verb
+
+        return run_verb(args[0], args[1:])
+    if args and args[0] == "run":  # the same as no verb, spelled out
+        args = args[1:]
+        argv = args
     try:
         return _main(argv)
     except UsageError as exc:
@@ -249,6 +298,13 @@ def _main(argv: Optional[List[str]]) -> int:
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     args = build_parser().parse_args(argv)
 
+    if args.no_control and (args.serve or args.name or args.control_dir):
+        flag = "--serve" if args.serve else ("--name" if args.name else "--control-dir")
+        raise UsageError(f"{flag} needs the control socket; drop --no-control")
+    if args.name is not None:
+        from ..control.paths import check_name
+
+        check_name(args.name)
     if (args.resume or args.resume_failed) and not args.joblog:
         flag = "--resume" if args.resume else "--resume-failed"
         raise UsageError(f"{flag} needs --joblog FILE to know what is done")
@@ -277,6 +333,11 @@ def _main(argv: Optional[List[str]]) -> int:
         # --progress redraws a line on the terminal: job output must come
         # through our line-wise writer so that it never tears a line.
         output = Tagged(prefix=args.tag)
+        if not args.no_control:
+            # Output we copy anyway is also kept (bounded), for `log`.
+            from ..launch.keeper import OutputKeeper
+
+            output.keeper = OutputKeeper()
     else:
         output = Passthrough()
 
@@ -316,6 +377,12 @@ def _run(
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
                            status_width=_status_width)
+    listeners: List[Listener] = [report]
+
+    def listener(event: Event) -> None:
+        for each in listeners:
+            each(event)
+
     settings = Settings(
         kill_grace=args.kill_grace, halt=args.halt_on_failure, backfill=args.backfill,
         skip=resume_filter.skip if resume_filter is not None else None,
@@ -326,8 +393,9 @@ def _run(
     total = None
     if progress is not None:
         total = count_commands(0, continuation=not jsonl)
-    loop = Loop(settings, launcher, source, pool, report, gate=plan.gate,
+    loop = Loop(settings, launcher, source, pool, listener, gate=plan.gate,
                 owners=launcher.leaders, total=total)
+    loop.serving = args.serve
     if plan.gate is not None:
         from ..model.events import Notice
 
@@ -340,7 +408,52 @@ def _run(
 
             assert plan.gate.backend is not None
             loop.sampler = Sampler(plan.gate.backend, loop.call_soon_threadsafe)
-    return loop.run()
+    if args.on_finish:
+        from ..launch.notify import OnFinish
+        from ..model.events import Notice
+
+        on_finish = OnFinish(args.on_finish, launcher, loop,
+                             lambda text, level: loop.emit(Notice(text, level)), os.environ)
+        listeners.append(on_finish)
+        loop.helpers_busy = lambda: on_finish.busy
+    control = None
+    if not args.no_control:
+        control = _control(args, loop, plan, output, pool)
+        listeners.append(control.event)
+    try:
+        return loop.run()
+    finally:
+        if control is not None:
+            control.close()
+
+
+def _control(args: argparse.Namespace, loop: Loop, plan: GpuPlan, output: OutputMode,
+             pool: GpuPool) -> Control:
+    """The run's control socket: bound now, served from the first client on."""
+    from ..control.attach import Control
+    from ..control.paths import check_dir, control_dir, listen
+
+    directory = control_dir(args.control_dir)
+    try:
+        check_dir(directory, create=True)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (or pass --no-control, or --control-dir DIR)") from None
+    name = args.name or str(os.getpid())
+    listener = listen(directory, name)
+
+    def make_handlers() -> Handlers:
+        from ..control.handlers import Handlers
+        from ..engine.steering import Steering
+        from ..input.jsonl import Defaults
+        from .gpu_options import admitter
+
+        defaults = Defaults(gpus=args.gpus_per_job, aliases=plan.aliases,
+                            timeout=args.timeout, retries=args.retries)
+        steering = Steering(loop, admitter(args, plan, pool))
+        keeper = getattr(output, "keeper", None)
+        return Handlers(loop, steering, name, defaults, output, keeper)
+
+    return Control(listener, loop, make_handlers)
 
 
 def _status_width() -> Optional[int]:

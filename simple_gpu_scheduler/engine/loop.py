@@ -34,7 +34,7 @@ from .. import threads
 from ..errors import ExitCode, LaunchError
 from ..model import events as ev
 from ..model.jobs import FailedToStart, Killed, NotStarted, TimedOut, signal_name
-from ..placement.policy import dispatch_order, next_start
+from ..placement.policy import next_start
 from .state import LINGERING, QUEUED, RUNNING, RunState
 from .stopping import DRAIN, KILL, TERMINATE, StopLadder
 from .timers import Timers
@@ -87,8 +87,16 @@ class Loop:
         self.stop_level = 0
         self.stop_signal: Optional[int] = None
         self.input_error = False
+        #: pause: start nothing new until unpause (a control request)
+        self.paused = False
+        #: keep running after the input has ended, for added jobs (``--serve``)
+        self.serving = False
+        #: whether work beside the jobs still runs (``--on-finish`` commands):
+        #: the run waits for it before it ends, unless killing
+        self.helpers_busy: Callable[[], bool] = lambda: False
         self._poll = select.poll()
         self._readers: Dict[int, Callable[[], None]] = {}
+        self._writers: Dict[int, Callable[[], None]] = {}
         self._waker = threads.WakePipe()
         #: callables posted by other threads; `deque.append` is thread-safe
         self._soon: Deque[Callable[[], None]] = deque()
@@ -106,10 +114,27 @@ class Loop:
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self._readers[fd] = callback
-        self._poll.register(fd, select.POLLIN)
+        self._register(fd)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
+            self._register(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` when `fd` can be written (a control client's socket)."""
+        self._writers[fd] = callback
+        self._register(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._register(fd)
+
+    def _register(self, fd: int) -> None:
+        mask = (select.POLLIN if fd in self._readers else 0) | \
+            (select.POLLOUT if fd in self._writers else 0)
+        if mask:
+            self._poll.register(fd, mask)  # registering again modifies
+        else:
             self._poll.unregister(fd)
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
@@ -193,9 +218,11 @@ class Loop:
         self._signals.append(signum)
 
     def _done(self) -> bool:
-        if self.state.busy:
+        if self.state.busy or (self.stop_level < KILL and self.helpers_busy()):
             return False
-        return self.stop_level > 0 or (not self.state.input_open and self.state.queued == 0)
+        if self.stop_level > 0:
+            return True
+        return not self.state.input_open and not self.serving and self.state.queued == 0
 
     def _wait(self) -> None:
         """Block until a file descriptor is ready or the next timer is due."""
@@ -204,13 +231,19 @@ class Loop:
             ms = -1
         else:
             ms = int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)  # never spin before a deadline
-        for fd, _ in self._poll.poll(ms):
+        for fd, events in self._poll.poll(ms):
             if fd == self._waker.read_fd:
                 self._waker.drain()
                 continue
-            callback = self._readers.get(fd)
-            if callback is not None:
-                callback()
+            # A hang-up or error is reported to the reader (its read says what).
+            if events & ~select.POLLOUT:
+                callback = self._readers.get(fd)
+                if callback is not None:
+                    callback()
+            if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+                callback = self._writers.get(fd)
+                if callback is not None:
+                    callback()
 
     def _turn_done(self) -> None:
         """After every wake-up: what threads posted, signals, timers, then
@@ -281,7 +314,7 @@ class Loop:
 
     def _dispatch(self) -> None:
         """Start queued jobs while their GPUs are free (`placement.policy`)."""
-        if not self.state.queued or self.stop_level:
+        if not self.state.queued or self.stop_level or self.paused:
             return
         if self.gate is not None:
             self._look_at_gpus()
@@ -296,21 +329,18 @@ class Loop:
                     if self.state.records.get(record.job.id) is record \
                             and record.status == QUEUED:
                         self._reject_if_unrunnable(record)
-        order = dispatch_order(self.state.queued_jobs())
-        while order and not self.stop_level:
-            choice, waiting = next_start(order, self._place, self.settings.backfill)
+        queue = self.state.queue
+        while queue and not self.stop_level:
+            # The queue is in start order already; only its head is looked at
+            # (all of it with backfill, until a job fits).
+            choice, waiting = next_start(
+                (r.job for r in queue), self._place, self.settings.backfill)
             for job in waiting:
                 self._wait_for_outside(job)
             if choice is None:
                 return
             job, gpus = choice
-            order.remove(job)
-            record = self.state.records[job.id]
-            self._start(record, gpus)
-            if record.status == QUEUED:
-                # It could not start and goes again (--retries): it is queued
-                # anew, so the order is made anew.
-                order = dispatch_order(self.state.queued_jobs())
+            self._start(self.state.records[job.id], gpus)
 
     def _look_at_gpus(self) -> None:
         """Start a look at the hardware when one is due; the sample comes
@@ -370,7 +400,7 @@ class Loop:
             self._free(job, gpus)
             self._finish(record, FailedToStart(str(exc)), gpus, "", self.wall(), 0.0)
             return
-        self.state.job_started(job, gpus, execution.started)
+        self.state.job_started(job, gpus, execution.started, execution.started_wall)
         record.execution = execution
         if job.timeout is not None:
             record.deadline = self.call_at(
@@ -441,10 +471,13 @@ class Loop:
     ) -> None:
         """One attempt ended: say so; decide whether the job runs again."""
         job = record.job
-        retry = (not outcome.ok and not final and not self.stop_level
+        retry = (not outcome.ok and not final and not self.stop_level and not record.no_retry
                  and job.attempts <= job.retries)
         record.outcome = outcome
         record.retry = retry
+        record.runtime = runtime
+        if record.started_wall is None:
+            record.started_wall = started_wall
         self.emit(ev.AttemptEnded(job, gpus, host, outcome, started_wall, runtime, retry))
         if record.execution is None:  # it never ran: nothing to clear
             self._settle(record)
@@ -464,7 +497,11 @@ class Loop:
             self._not_started(record.job)
             return
         assert record.outcome is not None
-        self.state.record(record.job, record.outcome)
+        self._done_for_good(record.job, record.outcome, record.gpus)
+
+    def _done_for_good(self, job: Job, outcome: Outcome, gpus: Tuple[str, ...] = ()) -> None:
+        self.state.record(job, outcome)
+        self.emit(ev.JobDone(job, outcome, gpus))
 
     def _free(self, job: Job, gpus: Tuple[str, ...]) -> None:
         self.pool.release(gpus, job)
@@ -507,7 +544,7 @@ class Loop:
 
     def _drain(self, why: str, running: int) -> None:
         """Start nothing more: every command read and not started is listed."""
-        queued = [r.job for r in self.state.with_status(QUEUED)]
+        queued = self.state.queued_jobs()  # in start order
         unread = self.source.drain()  # read from stdin, not taken yet: never lost
         if self._watching_input:
             self._watching_input = False
@@ -526,13 +563,14 @@ class Loop:
             unread = left
         self.emit(ev.Stopping(DRAIN, why, running, len(queued) + len(unread),
                               self.settings.kill_grace))
-        for job in dispatch_order(queued) + unread:
+        for job in queued + unread:
             self._not_started(job)
         self.state.input_open = False
+        self.serving = False
 
-    def _not_started(self, job: Job) -> None:
-        self.state.record(job, NotStarted())
-        self.emit(ev.JobNotStarted(job))
+    def _not_started(self, job: Job, reason: Optional[str] = None) -> None:
+        self.emit(ev.JobNotStarted(job, reason))
+        self._done_for_good(job, NotStarted(reason))
 
     # --- progress -------------------------------------------------------------------
 

@@ -1,37 +1,47 @@
 """The run's state: one record per job, and every view derived from it.
 
-A job's whole life is in its `JobRecord`: queued, running (an execution on
-some GPUs, maybe a timeout), lingering (its main process ended, what it left
-behind is being ended; its GPUs stay booked), done (an outcome). Only the
-engine's loop writes here. The SIGUSR1 table, the progress line, the summary
-and, later, a status request read a `Snapshot` made from these records, so
-there is one answer to "where does the run stand".
+A job's whole life is in its `JobRecord`: queued (in the `JobQueue`, in start
+order), running (an execution on some GPUs, maybe a timeout), lingering (its
+main process ended, what it left behind is being ended; its GPUs stay
+booked), done (an outcome). Only the engine's loop writes here. The SIGUSR1
+table, the progress line, the summary and the control socket's ``status``
+and ``ls`` read views made from these records, so there is one answer to
+"where does the run stand".
 
-Finished jobs are not kept as records: a run of a million jobs keeps a count
-of successes and the ids of jobs that failed or never started.
+Finished jobs are not kept as records: each becomes one compact
+`FinishedRow` (no environment, no attempt state), and only the latest
+`FINISHED_KEPT` rows are kept, so a run of millions of jobs stays bounded.
+The ids of jobs that failed or never started are kept for the summary.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
-from ..model.jobs import NotStarted, printable
+from ..model.jobs import Exited, FailedToStart, Killed, NotStarted, TimedOut, printable
+from ..model.record import Record
 from ..model.snapshot import RunningView, Snapshot
+from .queue import JobQueue
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterator, List, Optional, Tuple
+    from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
     from ..model.jobs import Job, Outcome
 
 QUEUED, RUNNING, LINGERING = "queued", "running", "lingering"
 
+#: Finished jobs whose rows ``ls`` lists; older rows are forgotten (counted).
+FINISHED_KEPT = 100_000
+
 
 class JobRecord:
     """One job that is not done yet, and the state of its current attempt."""
 
-    __slots__ = ("job", "status", "gpus", "execution", "started", "deadline", "timed_out",
-                 "rung", "outcome", "retry")
+    __slots__ = ("job", "status", "gpus", "execution", "started", "started_wall", "runtime",
+                 "deadline", "timed_out", "rung", "outcome", "retry", "no_retry",
+                 "prev", "next", "level")
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -39,8 +49,11 @@ class JobRecord:
         self.gpus: Tuple[str, ...] = ()
         #: the launcher's handle on the running attempt (None while queued)
         self.execution: Any = None
-        #: monotonic start of the current attempt
+        #: monotonic and wall-clock start of the current (or last) attempt
         self.started = 0.0
+        self.started_wall: Optional[float] = None
+        #: seconds the last attempt ran, once it has ended
+        self.runtime: Optional[float] = None
         #: the timer of ``--timeout``, cancelled when the attempt ends in time
         self.deadline: Any = None
         #: the attempt was ended by its timeout
@@ -51,9 +64,54 @@ class JobRecord:
         self.outcome: Optional[Outcome] = None
         #: the job runs again once this attempt is cleared
         self.retry = False
+        #: a ``kill`` request ended this attempt: whatever its outcome, no retry
+        self.no_retry = False
+        #: the queue's links while queued (`engine.queue`)
+        self.prev: Optional[JobRecord] = None
+        self.next: Optional[JobRecord] = None
+        self.level: Any = None
 
     def __repr__(self) -> str:
         return f"JobRecord(job={self.job.id}, status={self.status})"
+
+
+class FinishedRow(Record):
+    """What ``ls`` shows of a job that is done for good: a few fields and the
+    command's bytes, nothing else of the job (its environment can be large)."""
+
+    __slots__ = ("id", "name", "state", "gpus", "started", "runtime", "exit", "signal",
+                 "attempts", "priority", "command", "reason")
+
+    def __init__(self, id: int, name: Optional[str], state: str, gpus: Tuple[str, ...],
+                 started: Optional[float], runtime: Optional[float], exit: Optional[int],
+                 signal: Optional[int], attempts: int, priority: int, command: bytes,
+                 reason: Optional[str]) -> None:
+        self.id = id
+        self.name = name
+        self.state = state
+        self.gpus = gpus
+        self.started = started
+        self.runtime = runtime
+        self.exit = exit
+        self.signal = signal
+        self.attempts = attempts
+        self.priority = priority
+        self.command = command
+        self.reason = reason
+
+
+def outcome_state(outcome: Outcome) -> Tuple[str, Optional[int], Optional[int], Optional[str]]:
+    """(state, exit status, signal, reason) of a job that ended with `outcome`."""
+    if isinstance(outcome, Exited):
+        return ("succeeded" if outcome.ok else "failed"), outcome.code, None, None
+    if isinstance(outcome, TimedOut):
+        return "timed_out", None, outcome.signal, None
+    if isinstance(outcome, Killed):
+        return "killed", None, outcome.signal, None
+    if isinstance(outcome, FailedToStart):
+        return "could_not_start", None, None, outcome.reason
+    assert isinstance(outcome, NotStarted)
+    return "not_started", None, None, outcome.reason
 
 
 class RunState:
@@ -63,6 +121,14 @@ class RunState:
         self._clock = clock
         #: job id -> record, for queued, running and lingering jobs
         self.records: Dict[int, JobRecord] = {}
+        #: the queued records, in start order
+        self.queue = JobQueue()
+        #: job id -> record, for running and lingering jobs
+        self.active: Dict[int, JobRecord] = {}
+        #: the latest finished jobs, oldest first (`FINISHED_KEPT` at most)
+        self.finished: Deque[FinishedRow] = deque(maxlen=FINISHED_KEPT)
+        #: finished jobs whose rows were dropped from `finished`
+        self.forgotten = 0
         self.succeeded = 0
         self.failed_ids: List[int] = []
         self.not_started_ids: List[int] = []
@@ -75,59 +141,79 @@ class RunState:
         self.total: Optional[int] = None
         #: commands taken from the input so far (skipped ones too)
         self.read = 0
-        #: records with status QUEUED, kept as their status changes (the loop
-        #: asks at every step; records are not walked for it)
-        self.queued = 0
+
+    @property
+    def queued(self) -> int:
+        """Jobs read or added and not started."""
+        return len(self.queue)
 
     # --- transitions ------------------------------------------------------------
 
-    def add(self, job: Job) -> JobRecord:
+    def add(self, job: Job, front: bool = False) -> JobRecord:
         record = JobRecord(job)
         self.records[job.id] = record
-        self.queued += 1
+        self.queue.push(record, front)
         return record
 
-    def job_started(self, job: Job, gpus: Tuple[str, ...], when: Optional[float] = None
-                    ) -> JobRecord:
+    def job_started(self, job: Job, gpus: Tuple[str, ...], when: Optional[float] = None,
+                    wall: Optional[float] = None) -> JobRecord:
         """`job` runs on `gpus` (its record is made if it has none)."""
         record = self.records.get(job.id) or self.add(job)
-        if record.status == QUEUED:
-            self.queued -= 1
+        self.queue.remove(record)
+        self.active[job.id] = record
         record.status = RUNNING
         record.gpus = gpus
         record.started = self._clock() if when is None else when
+        record.started_wall = wall
+        record.runtime = None
         record.outcome = None
         record.timed_out = False
         record.retry = False
+        record.no_retry = False
         return record
 
     def requeue(self, record: JobRecord) -> None:
+        """Queue a job again for its next attempt: first among its priority,
+        as it was queued before the jobs now waiting."""
+        self.active.pop(record.job.id, None)
         if record.status != QUEUED:
-            self.queued += 1
+            self.queue.push(record, front=True)
         record.status = QUEUED
         record.execution = None
         record.gpus = ()
         record.rung = None
 
     def record(self, job: Job, outcome: Outcome) -> None:
-        """`job` is done for good (no retry left): count it, forget its record."""
+        """`job` is done for good (no retry left): count it, keep its row,
+        forget its record."""
         record = self.records.pop(job.id, None)
-        if record is not None and record.status == QUEUED:
-            self.queued -= 1
+        if record is not None:
+            self.queue.remove(record)
+            self.active.pop(job.id, None)
         if outcome.ok:
             self.succeeded += 1
         elif isinstance(outcome, NotStarted):
             self.not_started_ids.append(job.id)
         else:
             self.failed_ids.append(job.id)
+        state, code, signum, reason = outcome_state(outcome)
+        if len(self.finished) == FINISHED_KEPT:
+            self.forgotten += 1
+        self.finished.append(FinishedRow(
+            job.id, job.name, state, record.gpus if record is not None else (),
+            record.started_wall if record is not None else None,
+            record.runtime if record is not None else None,
+            code, signum, job.attempts, job.priority, job.command, reason))
 
     # --- views ------------------------------------------------------------------
 
     def with_status(self, status: str) -> Iterator[JobRecord]:
-        return (r for r in self.records.values() if r.status == status)
+        if status == QUEUED:
+            return iter(self.queue)
+        return (r for r in self.active.values() if r.status == status)
 
     def queued_jobs(self) -> List[Job]:
-        return [r.job for r in self.with_status(QUEUED)]
+        return [r.job for r in self.queue]
 
     @property
     def failed(self) -> int:
@@ -136,7 +222,7 @@ class RunState:
     @property
     def busy(self) -> bool:
         """Whether some attempt still runs or lingers."""
-        return any(r.status != QUEUED for r in self.records.values())
+        return bool(self.active)
 
     def snapshot(self, now: Optional[float] = None) -> Snapshot:
         now = self._clock() if now is None else now

@@ -65,6 +65,16 @@ def parse_job(seq: int, raw: RawCommand, defaults: Defaults = NO_OPTIONS) -> Job
         return Job(id=seq, command=raw.text, invalid=f"{where}: {exc}")
 
 
+def parse_spec(seq: int, spec: Dict[str, Any], defaults: Defaults = NO_OPTIONS,
+               where: str = "") -> Job:
+    """The job a decoded JSON line (a control client's ``add``) describes,
+    with the checks of `parse_job`; invalid (with why) if it is wrong."""
+    try:
+        return _build(seq, spec, defaults)
+    except SpecError as exc:
+        return Job(id=seq, command=b"", invalid=f"{where}{exc}")
+
+
 def _decode(text: bytes) -> Dict[str, Any]:
     def no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
         result: Dict[str, Any] = {}

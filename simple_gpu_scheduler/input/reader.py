@@ -135,7 +135,7 @@ class InputSource:
         self.at_end = False
         #: why reading failed, once it has
         self.error: Optional[str] = None
-        #: commands numbered so far
+        #: the highest job id given so far (`next_id`)
         self.count = 0
 
     @property
@@ -168,8 +168,13 @@ class InputSource:
         """The next command read, as a job, or None if none is waiting."""
         if not self._ready:
             return None
+        return self._make_job(self.next_id(), self._ready.popleft())
+
+    def next_id(self) -> int:
+        """A new job id: the input's commands and jobs added by a control
+        client share one numbering, so ids never repeat within a run."""
         self.count += 1
-        return self._make_job(self.count, self._ready.popleft())
+        return self.count
 
     def drain(self) -> List[Job]:
         """Stop reading: every command read and not taken, a cut last line

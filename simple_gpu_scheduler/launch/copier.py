@@ -87,8 +87,11 @@ class Copy:
 
     def __init__(self, source: int, fd: int, prefix: bytes,
                  on_done: Optional[Callable[[], None]] = None,
-                 file: Optional[int] = None) -> None:
+                 file: Optional[int] = None,
+                 tap: Optional[Callable[[bytes], None]] = None) -> None:
         self.source = source
+        #: gets every chunk read, as read (`keeper.OutputKeeper`, for ``log``)
+        self._tap = tap
         #: a log file (``--log-dir`` with ``--tag``) that gets every byte read,
         #: unprefixed and uncut; this takes it over and closes it at the end
         self._file = file
@@ -124,6 +127,8 @@ class Copy:
             if chunk:
                 if self._file is not None:
                     self._to_file(chunk)
+                if self._tap is not None:
+                    self._tap(chunk)
                 self._write(self._pieces.feed(chunk))
                 return True
             self._write(self._pieces.end())

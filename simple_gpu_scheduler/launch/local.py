@@ -68,8 +68,9 @@ def default_shell() -> str:
 
 def job_environment(base: Mapping[str, str], job: Job, gpus: Tuple[str, ...]) -> dict:
     """The environment a job runs with: ours, the job's own, and the GPU variables."""
-    env = dict(base)
-    env.update(job.env)
+    env = dict(job.env) if job.whole_env else dict(base)
+    if not job.whole_env:
+        env.update(job.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env["SGS_JOB_ID"] = str(job.id)
     # Without this CUDA numbers GPUs fastest-first, so `--gpus 1` would not be
@@ -357,6 +358,23 @@ class LocalLauncher:
         if self._sink < 0:
             self._sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         return self._sink
+
+    def spawn_helper(self, command: bytes, env: Mapping[str, str]) -> int:
+        """Start ``SHELL -c COMMAND`` for no job and on no GPU (``--on-finish``):
+        a session of its own, stdin /dev/null, its output on our stderr; it is
+        left out of the orphans of our jobs. Returns its pid (OSError if it
+        cannot start); the caller reaps it."""
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        spawn = os.posix_spawn if "/" in self.shell else os.posix_spawnp
+        pid = spawn(
+            self.shell, [os.fsencode(self.shell), b"-c", command], env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                          (os.POSIX_SPAWN_DUP2, 2, 1)],
+            setsid=True, setsigdef=RESTORED_SIGNALS,
+        )
+        self._orphans.exempt(pid)
+        return pid
 
     def _spawn(self, command: bytes, env: Mapping[str, str], streams: JobStreams) -> int:
         """``posix_spawn``: the child execs the shell directly after ``setsid``,

@@ -152,6 +152,12 @@ class Orphans:
                 if ids is not None:
                     self._foreign_ids.update(ids)
 
+    def exempt(self, pid: int) -> None:
+        """A child of ours that is no job's (an ``--on-finish`` command, in a
+        session of its own): it and what it starts are never adopted."""
+        self._before.add(pid)
+        self._foreign_ids.add(pid)
+
     def _children(self) -> List[int]:
         data = _proc(os.getpid(), f"task/{os.getpid()}/children")
         return [int(p) for p in data.split()] if data else []

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from typing import Callable, List, Optional, Tuple
 
     from .copier import Copy
+    from .keeper import OutputKeeper
+
+    Tap = Callable[[bytes], None]
 
 class JobStreams:
     """A job's stdout and stderr as the child gets them (fds; None: ours), and
@@ -46,11 +49,12 @@ class JobStreams:
 
     def __init__(
         self, out: Optional[int] = None, err: Optional[int] = None,
-        copies: Tuple[Tuple[int, int, bytes, Optional[int]], ...] = (),
+        copies: Tuple[Tuple[int, int, bytes, Optional[int], Optional[Tap]], ...] = (),
     ) -> None:
         self.out = out
         self.err = err
-        #: (read end, our fd, prefix, log file or None) of every pipe to copy piece by piece
+        #: (read end, our fd, prefix, log file or None, tap or None) of every
+        #: pipe to copy piece by piece
         self._copies = copies
 
     @property
@@ -67,7 +71,8 @@ class JobStreams:
             return []
         from .copier import Copier, Copy  # only when output is copied: no import otherwise
 
-        copies = [Copy(read, fd, prefix, on_done, file) for read, fd, prefix, file in self._copies]
+        copies = [Copy(read, fd, prefix, on_done, file, tap)
+                  for read, fd, prefix, file, tap in self._copies]
         for copy in copies:
             Copier.shared(copy.fd).add(copy)
         return copies
@@ -75,7 +80,7 @@ class JobStreams:
     def close(self) -> None:
         """The child never started: close everything."""
         self._close_child_ends()
-        for read, _, _, file in self._copies:
+        for read, _, _, file, _ in self._copies:
             os.close(read)
             if file is not None:
                 os.close(file)
@@ -104,16 +109,21 @@ class Tagged(OutputMode):
     """Job output copied piece by piece (`copier`); each piece gets ``[<job id>|gpu <ids>] `` in
     front when `prefix` is set (``--tag``), or nothing (``--progress`` alone)."""
 
-    def __init__(self, prefix: bool = True) -> None:
+    def __init__(self, prefix: bool = True, keeper: Optional[OutputKeeper] = None) -> None:
         self.prefix = prefix
+        #: keeps each job's recent output for ``log`` requests, if given
+        self.keeper = keeper
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
                 name: Optional[str] = None) -> JobStreams:
-        return tagged_streams(tag_prefix(job_id, gpus) if self.prefix else b"")
+        taps: Tuple[Optional[Tap], Optional[Tap]] = (None, None)
+        if self.keeper is not None:
+            taps = (self.keeper.tap(job_id, "out"), self.keeper.tap(job_id, "err"))
+        return tagged_streams(tag_prefix(job_id, gpus) if self.prefix else b"", taps=taps)
 
 
-def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (None, None)
-                   ) -> JobStreams:
+def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (None, None),
+                   taps: Tuple[Optional[Tap], Optional[Tap]] = (None, None)) -> JobStreams:
     """Pipes for a job's stdout and stderr, copied to ours with `prefix` (and to
     `files`, the log files, if given; they are closed here if a pipe fails)."""
     try:
@@ -130,7 +140,8 @@ def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (
                 os.close(file)
         raise
     return JobStreams(out_write, err_write,
-                      ((out_read, 1, prefix, files[0]), (err_read, 2, prefix, files[1])))
+                      ((out_read, 1, prefix, files[0], taps[0]),
+                       (err_read, 2, prefix, files[1], taps[1])))
 
 
 def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
@@ -145,6 +156,11 @@ class LogDir(OutputMode):
     def __init__(self, directory: str, tag: bool = False) -> None:
         self.directory = directory
         self.tag = tag
+
+    def paths(self, job_id: int, name: Optional[str] = None) -> Tuple[str, str]:
+        """The job's two log files, as absolute paths (for ``log`` requests)."""
+        stem = os.path.join(os.path.abspath(self.directory), log_stem(job_id, name))
+        return stem + ".out", stem + ".err"
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
                 name: Optional[str] = None) -> JobStreams:

@@ -11,7 +11,7 @@ from .record import Record
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Tuple
+    from typing import Callable, Optional, Tuple
 
     from .jobs import Job, Outcome
     from .snapshot import Snapshot
@@ -63,12 +63,36 @@ class JobSkipped(Event):
 
 
 class JobNotStarted(Event):
-    """The run stopped before this job could start."""
+    """The run stopped before this job could start, or (`reason`) a control
+    request cancelled it."""
 
-    __slots__ = ("job",)
+    __slots__ = ("job", "reason")
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, reason: Optional[str] = None) -> None:
         self.job = job
+        self.reason = reason
+
+
+class JobDone(Event):
+    """The job is done for good (no attempt follows): what ``wait``, ``log -f``
+    and ``--on-finish`` wait for. `gpus` are its last attempt's, if it ran."""
+
+    __slots__ = ("job", "outcome", "gpus")
+
+    def __init__(self, job: Job, outcome: Outcome, gpus: Tuple[str, ...] = ()) -> None:
+        self.job = job
+        self.outcome = outcome
+        self.gpus = gpus
+
+
+class Steered(Event):
+    """A control request changed the run (added jobs, paused, removed a GPU):
+    `text` says what, for the console."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 class Lingering(Event):

@@ -27,7 +27,7 @@ class Job:
 
     __slots__ = (
         "id", "command", "gpus", "mem", "on", "name", "priority", "env", "cwd",
-        "timeout", "retries", "attempts", "invalid",
+        "timeout", "retries", "attempts", "invalid", "whole_env",
     )
 
     def __init__(
@@ -45,6 +45,7 @@ class Job:
         retries: int = 0,
         attempts: int = 0,
         invalid: Optional[str] = None,
+        whole_env: bool = False,
     ) -> None:
         self.id = id
         self.command = command
@@ -68,6 +69,9 @@ class Job:
         #: Set when the input line could not become a runnable job (a NUL byte,
         #: an over-long line, invalid JSON): the job fails with this reason, unstarted.
         self.invalid = invalid
+        #: `env` is the job's whole environment (a job added from a client's
+        #: shell runs with that shell's), not additions to the scheduler's.
+        self.whole_env = whole_env
 
     def __repr__(self) -> str:
         return f"Job(id={self.id}, command={self.command!r})"
@@ -183,12 +187,16 @@ class FailedToStart(_Outcome):
 
 
 class NotStarted(_Outcome):
-    """The command was read but never started because the run was stopped."""
+    """The command was read but never started: the run was stopped, or (with
+    a `reason`, such as "cancelled") a control request said so."""
 
-    __slots__ = ()
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Optional[str] = None) -> None:
+        self.reason = reason
 
     def describe(self) -> str:
-        return "not started"
+        return "not started" if self.reason is None else f"not started ({self.reason})"
 
 
 if TYPE_CHECKING:

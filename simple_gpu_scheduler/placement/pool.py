@@ -34,7 +34,7 @@ class GpuSlots:
 
     __slots__ = (
         "id", "capacity", "memory", "mig", "running", "alone", "reserved", "hw_total",
-        "external", "unavailable", "lost",
+        "external", "unavailable", "lost", "removed",
     )
 
     def __init__(
@@ -61,6 +61,8 @@ class GpuSlots:
         self.unavailable: Optional[str] = None
         #: Why it will never take a job again (the GPU is lost), or None.
         self.lost: Optional[str] = None
+        #: Given back by the user (``gpus remove``): no new job goes there.
+        self.removed = False
 
     def __repr__(self) -> str:
         return f"GpuSlots({self.id!r}, running={self.running}, capacity={self.capacity})"
@@ -76,6 +78,7 @@ class GpuPool:
         if jobs_per_gpu is not None and jobs_per_gpu < 1:
             raise ValueError("jobs_per_gpu must be at least 1")
         memory = memory or {}
+        self._jobs_per_gpu = jobs_per_gpu
         self._gpus: Dict[str, GpuSlots] = {
             i: GpuSlots(i, jobs_per_gpu, memory=memory.get(i), mig=i in mig) for i in ids
         }
@@ -116,6 +119,19 @@ class GpuPool:
         if self._gpus[gpu_id].lost is None:
             self.losses += 1
         self._gpus[gpu_id].lost = reason
+
+    def add_gpu(self, gpu_id: str, memory: Optional[int] = None, mig: bool = False) -> None:
+        """A GPU joins the pool (``gpus add``), or a removed one comes back."""
+        gpu = self._gpus.get(gpu_id)
+        if gpu is not None:
+            gpu.removed = False
+            return
+        self._gpus[gpu_id] = GpuSlots(gpu_id, self._jobs_per_gpu, memory=memory, mig=mig)
+        self._order[gpu_id] = len(self._order)
+
+    def set_removed(self, gpu_id: str, removed: bool) -> None:
+        """A removed GPU takes no new job; what runs there goes on."""
+        self._gpus[gpu_id].removed = removed
 
     # --- placement ---------------------------------------------------------------
 
@@ -206,7 +222,7 @@ class GpuPool:
         return gpu.memory if gpu.hw_total is None else min(gpu.memory, gpu.hw_total)
 
     def _fits(self, gpu: GpuSlots, job: Job, ideal: bool) -> bool:
-        if gpu.lost is not None or gpu.alone:
+        if gpu.lost is not None or gpu.alone or gpu.removed:
             return False
         if not ideal and gpu.unavailable is not None:
             return False

@@ -45,6 +45,8 @@ class ConsoleReport:
             ev.AttemptEnded: self._attempt_ended,  # type: ignore[dict-item]
             ev.JobSkipped: self._skipped,  # type: ignore[dict-item]
             ev.JobNotStarted: self._not_started,  # type: ignore[dict-item]
+            ev.JobDone: self._done,  # type: ignore[dict-item]
+            ev.Steered: self._steered,  # type: ignore[dict-item]
             ev.Lingering: self._lingering,  # type: ignore[dict-item]
             ev.GaveUp: self._gave_up,  # type: ignore[dict-item]
             ev.TimeoutReached: self._timeout,  # type: ignore[dict-item]
@@ -93,7 +95,14 @@ class ConsoleReport:
                 f"{event.job.label()} skipped: already in the job log: {event.job.text(SHOWN)}")
 
     def _not_started(self, event: ev.JobNotStarted) -> None:
-        self.console.line(f"not started: {event.job.label()}: {event.job.text()}")
+        why = f" ({event.reason})" if event.reason else ""
+        self.console.line(f"not started{why}: {event.job.label()}: {event.job.text()}")
+
+    def _done(self, event: ev.JobDone) -> None:
+        pass  # said already, by the attempt's end or "not started"
+
+    def _steered(self, event: ev.Steered) -> None:
+        self.console.info(event.text)
 
     def _lingering(self, event: ev.Lingering) -> None:
         self.console.debug(f"{event.job.label()} left processes behind; terminating them")

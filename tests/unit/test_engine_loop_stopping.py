@@ -111,7 +111,7 @@ def test_a_timeout_terminates_the_job_and_the_attempt_timed_out() -> None:
     assert outcome_of(run, 2) == Exited(0)
     # TimeoutReached comes before the attempt's end.
     kinds = [type(e) for e in run.events if getattr(e, "job", None) is job1.job]
-    assert kinds == [ev.JobStarted, ev.TimeoutReached, ev.AttemptEnded]
+    assert kinds == [ev.JobStarted, ev.TimeoutReached, ev.AttemptEnded, ev.JobDone]
     assert run.status == 1 and run.recorder.run_ended().failed_ids == (1,)
     assert_counts_add_up(run)
 

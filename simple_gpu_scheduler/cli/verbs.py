@@ -1,0 +1,822 @@
+"""The client verbs: ``simple_gpu_scheduler status``, ``ls``, ``add``, ...
+
+Each verb talks to a live run over its control socket (docs/control.md). A
+verb is a parser setup and a handler, in `_VERBS`; what it prints is built by
+pure functions (`status_lines`, `ls_lines`, `LogLines`, `add_request`) that
+take the reply's dicts and return text, so tests read them without a server.
+
+Exit statuses: 0 done; 1 the run refused the request (``ok: false``), the
+connection broke, or ``wait`` saw a job that did not succeed; 2 a usage
+error (bad arguments, no live run or several, an unsafe control directory);
+130 Ctrl-C. Every error is one line on stderr, never a traceback.
+
+``watch simple_gpu_scheduler status`` runs this every few seconds, so this
+module imports no engine, launcher, GPU or report code: argparse, json and
+socket, and the pure `model` helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..control.client import Connection, ControlError, find_run
+from ..control.paths import control_dir, live_runs
+from ..errors import ExitCode, UsageError
+from ..model.jobs import printable
+from ..model.units import format_duration
+from . import argtypes
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
+
+    Handler = Callable[[argparse.Namespace], int]
+
+VERBS: Tuple[str, ...] = (
+    "status", "ls", "add", "cancel", "kill", "log", "pause", "unpause", "drain", "stop",
+    "gpus", "move", "wait",
+)
+
+#: The fewest characters of a command a status row shows, however narrow the
+#: terminal (as the SIGUSR1 table does).
+MIN_COMMAND = 20
+#: Clears a terminal and puts the cursor home, as watch(1) redraws.
+CLEAR = "\x1b[H\x1b[2J"
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+class _ArgumentError(UsageError):
+    """A bad command line of a verb (its message gets a pointer to --help)."""
+
+
+class _Refused(Exception):
+    """The run answered ``ok: false``; the message is its ``error``."""
+
+
+def run_verb(verb: str, argv: List[str]) -> int:
+    """Run client verb `verb` (one of `VERBS`) with its arguments; the exit status."""
+    prog = f"simple_gpu_scheduler {verb}"
+    try:
+        if verb not in _VERBS:
+            raise UsageError(f"unknown verb {verb!r}; the verbs are {', '.join(VERBS)}")
+        return _VERBS[verb][1](parse_args(verb, argv))
+    except _ArgumentError as exc:
+        _say(f"{prog}: error: {exc} (see {prog} --help)")
+        return ExitCode.USAGE
+    except UsageError as exc:
+        _say(f"{prog}: error: {exc}")
+        return ExitCode.USAGE
+    except (_Refused, ControlError) as exc:
+        _say(f"{prog}: error: {exc}")
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # As the `signal` docs advise: stdout at /dev/null, so that the flush
+        # at exit does not fail a second time (``ls | head``).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+    except OSError as exc:
+        _say(f"{prog}: error: {exc.strerror or exc}")
+        return ExitCode.FAILED
+    except Exception as exc:  # a bug of ours: still one line, not a traceback
+        if os.environ.get("SGS_DEBUG"):
+            raise
+        _say(f"{prog}: internal error: {type(exc).__name__}: {exc} "
+             "(SGS_DEBUG=1 shows the traceback; please report it)")
+        return ExitCode.FAILED
+
+
+# --- parsers ---------------------------------------------------------------------------
+
+
+def parse_args(verb: str, argv: List[str]) -> argparse.Namespace:
+    """`argv` parsed by `verb`'s parser; a `UsageError` when it is wrong."""
+    parser = _parser(f"simple_gpu_scheduler {verb}", verb)
+    _VERBS[verb][0](parser)
+    if verb == "add":
+        return _parse_add(parser, argv)
+    return parser.parse_intermixed_args(argv)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter without its import of `shutil` (start-up time: it
+    builds one for every option it adds): the width from COLUMNS or the
+    terminal, as `cli.main` does."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=(_terminal_width(sys.__stdout__) or 80) - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(message)
+
+
+def _parser(prog: str, verb: str) -> _Parser:
+    parser = _Parser(prog=prog, allow_abbrev=False, description=_DESCRIPTIONS[verb],
+                     formatter_class=_Formatter)
+    parser.add_argument(
+        "--run", metavar="NAME|PID",
+        help="the run to talk to, by its --name or pid (needed when several are live)")
+    parser.add_argument(
+        "--control-dir", metavar="DIR",
+        help="where the runs' sockets are (default: $SGS_CONTROL_DIR, else "
+        "$XDG_RUNTIME_DIR/simple_gpu_scheduler, else /tmp/simple_gpu_scheduler-UID)")
+    return parser
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+
+_DESCRIPTIONS = {
+    "status": "Show live runs: their state, counts and what runs on each GPU.",
+    "ls": "List a run's jobs: finished, running and queued.",
+    "add": "Add a job (or JSON lines from stdin) to a run's queue; prints the new ids.",
+    "cancel": "Cancel queued jobs: they will not start.",
+    "kill": "Kill running jobs (SIGTERM to the process tree, then SIGKILL); no retry.",
+    "log": "Print what jobs printed (needs a run with --tag, --progress or --log-dir).",
+    "pause": "Start no more jobs until unpause; running jobs go on.",
+    "unpause": "Start jobs again after pause.",
+    "drain": "Let running jobs finish and start no more (as a first Ctrl-C does).",
+    "stop": "Terminate the running jobs (as a second Ctrl-C does).",
+    "gpus": "Show a run's GPUs, or take GPUs from it (remove) or give it more (add).",
+    "move": "Move a queued job in the queue.",
+    "wait": "Wait until jobs (or the whole run) are done; exit 0 if all succeeded.",
+}
+
+
+def _job_ids(parser: argparse.ArgumentParser, nargs: str) -> None:
+    parser.add_argument("ids", nargs=nargs, type=argtypes.non_negative_int, metavar="ID",
+                        help="job ids (as `ls` shows them)")
+
+
+def _connect(args: argparse.Namespace) -> Connection:
+    """The connection to the run that --run names (or the only live one)."""
+    return Connection.open(find_run(control_dir(args.control_dir), args.run).path)
+
+
+def _call(conn: Connection, request: Dict[str, Any]) -> Dict[str, Any]:
+    reply = conn.request(request)
+    if reply.get("ok") is not True:
+        raise _Refused(str(reply.get("error") or "the run refused the request"))
+    return reply
+
+
+def _simple(op: str) -> Handler:
+    """The handler of a verb that is only its op (pause, drain, ...): quiet."""
+
+    def handle(args: argparse.Namespace) -> int:
+        with _connect(args) as conn:
+            _call(conn, {"op": op})
+        return ExitCode.OK
+
+    return handle
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+def _setup_status(parser: argparse.ArgumentParser) -> None:
+    _json_option(parser)
+    parser.add_argument("--watch", action="store_true",
+                        help="redraw every second, until Ctrl-C or the run ends")
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
+    runs, failed = _statuses(args)
+    if args.json:
+        _out(json.dumps(runs) + "\n")
+    else:
+        width = _terminal_width(sys.stdout)
+        _out(_status_text(runs, width))
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _statuses(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], bool]:
+    """The RUN object of the --run run, or of every live run; and whether some
+    run refused. A run that ends between the listing and our request is left out."""
+    directory = control_dir(args.control_dir)
+    if args.run is not None:
+        listed = [find_run(directory, args.run)]
+    else:
+        listed = live_runs(directory)
+        if not listed:
+            raise UsageError(f"no run of yours is live in {directory}")
+    runs, failed = [], False
+    for info in listed:
+        try:
+            with Connection.open(info.path) as conn:
+                runs.append(_call(conn, {"op": "status"})["run"])
+        except ControlError:
+            if args.run is not None:
+                raise
+        except _Refused as exc:
+            _say(f"simple_gpu_scheduler status: error: {info.describe()}: {exc}")
+            failed = True
+    if not runs and not failed:
+        raise UsageError(f"no run of yours is live in {directory}")
+    return runs, failed
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Redraw every second: the --run run until it ends, or every live run
+    (listed again each time, so new runs appear) until none is left."""
+    import time
+
+    tty = _terminal_width(sys.stdout) is not None
+    conn = _connect(args) if args.run is not None else None
+    try:
+        while True:
+            if conn is not None:
+                try:
+                    runs = [_call(conn, {"op": "status"})["run"]]
+                except ControlError:
+                    _out(f"run {conn.name} (pid {conn.pid}) has ended\n")
+                    return ExitCode.OK
+            else:
+                try:
+                    runs, _ = _statuses(args)
+                except UsageError:
+                    _out("no run is live any more\n")
+                    return ExitCode.OK
+            if args.json:
+                text = json.dumps(runs) + "\n"
+            else:
+                width = _terminal_width(sys.stdout)
+                text = _status_text(runs, width)
+            _out(CLEAR + text if tty else text + "\n")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _status_text(runs: List[Dict[str, Any]], width: Optional[int]) -> str:
+    """Every run's lines, a blank line between runs."""
+    return "\n\n".join("\n".join(status_lines(run, width)) for run in runs) + "\n"
+
+
+def status_lines(run: Dict[str, Any], width: Optional[int] = None) -> List[str]:
+    """A RUN object (the ``status`` reply) as lines: a header, the counts, and
+    one row per GPU and job on it. With `width` (a terminal's) commands are cut
+    in the middle to fit; without, they are whole."""
+    reading = {"open": "reading input", "ended": "input ended",
+               "serving": "input ended, serving adds"}.get(str(run.get("input")), "input ?")
+    header = (f"{run.get('name')} (pid {run.get('pid')}): "
+              f"up {format_duration(float(run.get('elapsed') or 0))}, {reading}")
+    if run.get("paused"):
+        header += ", paused"
+    if run.get("stopping"):
+        header += f", stopping ({run['stopping']})"
+    counts = run.get("counts") or {}
+    shown = [f"{counts.get(key, 0)} {key}" for key in ("running", "queued", "succeeded", "failed")]
+    shown += [f"{counts[key]} {key.replace('_', ' ')}"
+              for key in ("not_started", "skipped") if counts.get(key)]
+    return [header, "  " + ", ".join(shown)] + gpu_lines(
+        run.get("gpus") or [], run.get("running") or [], width)
+
+
+def gpu_lines(
+    gpus: Sequence[Dict[str, Any]], running: Sequence[Dict[str, Any]],
+    width: Optional[int] = None,
+) -> List[str]:
+    """One row per GPU (id, state, and why it is busy or lost in the COMMAND
+    column) and per job on it (id, name, runtime, command). A job on several
+    GPUs is shown whole on the first of them; running jobs on no listed GPU
+    come last, under GPU ``-``."""
+    jobs = {job.get("id"): job for job in running}
+    rows: List[Tuple[str, str, str, str, str, str]] = []
+    first: Dict[Any, str] = {}
+    for gpu in gpus:
+        gpu_id, state = str(gpu.get("id")), str(gpu.get("state"))
+        job_ids = list(gpu.get("jobs") or [])
+        for index, job_id in enumerate(job_ids):
+            lead = (gpu_id, state) if index == 0 else ("", "")
+            rows.append(lead + _job_cells(job_id, jobs.get(job_id), first.get(job_id)))
+            first.setdefault(job_id, gpu_id)
+        # Why it is busy or lost, where a command would be: a wide STATE
+        # column would push every command right.
+        why = f"({gpu['why']})" if gpu.get("why") else ""
+        if why or not job_ids:
+            rows.append(("", "", "", "", "", why) if job_ids else (gpu_id, state, "", "", "", why))
+    for job in running:
+        if job.get("id") not in first:
+            rows.append(("-", "") + _job_cells(job.get("id"), job, None))
+    if not rows:
+        return []
+    heads = ("GPU", "STATE", "JOB", "NAME", "TIME", "COMMAND")
+    named = any(row[3] for row in rows)
+    widths = [max([len(heads[col])] + [len(row[col]) for row in rows]) for col in range(5)]
+    before = 2 + sum(w + 2 for col, w in enumerate(widths) if col != 3 or named)
+    room = None if width is None else max(MIN_COMMAND, width - before)
+    lines = []
+    for row in [heads, *rows]:
+        cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}", f"{row[2]:>{widths[2]}}"]
+        if named:
+            cells.append(f"{row[3]:<{widths[3]}}")
+        cells += [f"{row[4]:>{widths[4]}}", cut_middle(row[5], room)]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _job_cells(
+    job_id: Any, job: Optional[Dict[str, Any]], shown_on: Optional[str],
+) -> Tuple[str, str, str, str]:
+    if shown_on is not None:
+        return str(job_id), "", "", f"(see gpu {shown_on})"
+    if job is None:
+        return str(job_id), "", "", ""
+    runtime = job.get("runtime")
+    return (str(job_id), printable(job.get("name") or "", 32),
+            "" if runtime is None else format_duration(float(runtime)), command_text(job))
+
+
+def cut_middle(text: str, room: Optional[int]) -> str:
+    """`text` in at most `room` characters (None: no limit), cut in the middle
+    with ``...``, as the SIGUSR1 table does: the start says what runs, the end
+    tells the jobs of a sweep apart."""
+    if room is None or len(text) <= room:
+        return text
+    keep = max(0, room - 3)
+    tail = keep // 2
+    return text[: keep - tail] + "..." + (text[-tail:] if tail else "")
+
+
+def command_text(obj: Dict[str, Any]) -> str:
+    """A reply's ``command`` (or ``command_b64``) on one line: what is not
+    printable (a newline of a multi-line command, bytes that are not UTF-8)
+    escaped."""
+    command = obj.get("command")
+    if not isinstance(command, str):
+        import base64
+
+        raw = base64.b64decode(obj.get("command_b64") or "")
+        command = raw.decode("utf-8", "backslashreplace")
+    return printable(command)
+
+
+# --- ls --------------------------------------------------------------------------------
+
+
+def _setup_ls(parser: argparse.ArgumentParser) -> None:
+    _json_option(parser)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        reply = _call(conn, {"op": "ls"})
+    jobs, forgotten = reply.get("jobs") or [], int(reply.get("forgotten") or 0)
+    if args.json:
+        _out(json.dumps({"jobs": jobs, "forgotten": forgotten}) + "\n")
+        return ExitCode.OK
+    _out("".join(line + "\n" for line in ls_lines(jobs)))
+    footer = ls_footer(forgotten)
+    if footer:
+        _say(footer)
+    return ExitCode.OK
+
+
+def ls_lines(jobs: Sequence[Dict[str, Any]]) -> List[str]:
+    """The ``ls`` table: ID, NAME, STATE, GPUS, START (local time), TIME, EXIT
+    (status, or the signal's name), TRIES, and the whole COMMAND last."""
+    import time
+
+    heads = ("ID", "NAME", "STATE", "GPUS", "START", "TIME", "EXIT", "TRIES", "COMMAND")
+    rows = []
+    for job in jobs:
+        started, runtime = job.get("started"), job.get("runtime")
+        if job.get("exit") is not None:
+            ended = str(job["exit"])
+        else:
+            ended = str(job.get("signal") or "-")
+        rows.append((
+            str(job.get("id")),
+            printable(job.get("name") or "-", 32),
+            str(job.get("state")),
+            ",".join(str(g) for g in job.get("gpus") or []) or "-",
+            "-" if started is None else time.strftime("%H:%M:%S", time.localtime(started)),
+            "-" if runtime is None else format_duration(float(runtime)),
+            ended,
+            str(job.get("attempts", 0)),
+            command_text(job),
+        ))
+    widths = [max([len(heads[col])] + [len(row[col]) for row in rows]) for col in range(8)]
+    right = (0, 5, 6, 7)  # numbers align right
+    lines = []
+    for row in [heads, *rows]:
+        cells = [f"{cell:>{w}}" if col in right else f"{cell:<{w}}"
+                 for col, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join([*cells, row[8]]).rstrip())
+    return lines
+
+
+def ls_footer(forgotten: int) -> Optional[str]:
+    """The line after the table when older finished jobs are no longer kept."""
+    if forgotten <= 0:
+        return None
+    return (f"({forgotten} older finished job{'s' if forgotten != 1 else ''} not listed: "
+            "a run keeps the latest 100,000)")
+
+
+# --- add -------------------------------------------------------------------------------
+
+
+def _setup_add(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s [options] [--jsonl | -- CMD...]"
+    _json_option(parser)
+    parser.add_argument("--gpus", type=argtypes.positive_int, metavar="N",
+                        help="GPUs the job gets (default: the run's --gpus-per-job)")
+    parser.add_argument("--mem", metavar="SIZE", help="GPU memory the job needs (12GiB)")
+    parser.add_argument("--on", metavar="IDS", help="only these GPUs, comma-separated")
+    parser.add_argument("--priority", type=int, metavar="P",
+                        help="higher starts first (default: 0)")
+    parser.add_argument("--name", metavar="NAME", help="the job's name")
+    parser.add_argument("--timeout", metavar="DURATION",
+                        help="end an attempt after DURATION (90, 30s, 15m, 2h, 1d)")
+    parser.add_argument("--retries", type=argtypes.non_negative_int, metavar="N",
+                        help="run a failed job up to N more times")
+    parser.add_argument("--front", action="store_true",
+                        help="before every queued job of its priority")
+    parser.add_argument(
+        "--jsonl", action="store_true",
+        help="read jobs from stdin as JSON lines, as --input jsonl does (no CMD then)")
+    parser.add_argument("cmd", nargs="*", metavar="CMD",
+                        help="the command; its words are joined with spaces")
+
+
+#: The options of `add` that become keys of its one job object (dest, key).
+_JOB_OPTIONS = (("gpus", "gpus"), ("mem", "mem"), ("on", "on"), ("priority", "priority"),
+                ("name", "name"), ("timeout", "timeout"), ("retries", "retries"))
+
+
+def _parse_add(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
+    """Everything after the first ``--`` is the command, whatever it looks like
+    (``-- python train.py --lr 0.1``); split here rather than trust argparse's
+    handling of ``--``, which has changed between Python versions."""
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        args.cmd = list(args.cmd) + argv[cut + 1:]
+    else:
+        args = parser.parse_args(argv)
+    return args
+
+
+def add_request(
+    args: argparse.Namespace, cwd: str, env: Dict[str, str],
+    stdin: Optional[bytes] = None,
+) -> Dict[str, Any]:
+    """The ``add`` request for parsed `args` (pure: the directory, environment
+    and, with --jsonl, stdin's bytes are passed in)."""
+    request: Dict[str, Any] = {"op": "add", "cwd": cwd, "env": env, "front": args.front}
+    if args.jsonl:
+        given = [f"--{dest}" for dest, _ in _JOB_OPTIONS if getattr(args, dest) is not None]
+        if args.cmd or given:
+            raise _ArgumentError(
+                f"--jsonl takes the jobs from stdin: no CMD and no {'/'.join(given) or 'CMD'}; "
+                "put such keys in each line")
+        request["lines"] = jsonl_lines(stdin or b"")
+        if not request["lines"]:
+            raise UsageError("--jsonl: stdin holds no job lines")
+        return request
+    if not args.cmd:
+        raise _ArgumentError("give the command after --, or --jsonl to read JSON lines")
+    job: Dict[str, Any] = {}
+    raw = b" ".join(os.fsencode(word) for word in args.cmd)
+    try:
+        job["cmd"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        job["cmd_b64"] = base64.b64encode(raw).decode("ascii")
+    for dest, key in _JOB_OPTIONS:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if key == "on":
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        job[key] = value
+    request["jobs"] = [job]
+    return request
+
+
+def jsonl_lines(data: bytes) -> List[Union[str, Dict[str, str]]]:
+    """Stdin's JSON lines for ``add --jsonl``: each without its newline, blank
+    ones skipped; a line that is not UTF-8 as ``{"b64": ...}`` (its bytes), so
+    that it reaches the run's parser, which names the line and the problem."""
+    lines: List[Union[str, Dict[str, str]]] = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            import base64
+
+            lines.append({"b64": base64.b64encode(line).decode("ascii")})
+    return lines
+
+
+def _add(args: argparse.Namespace) -> int:
+    stdin = None
+    if args.jsonl:
+        if sys.stdin is None:
+            raise UsageError("--jsonl: stdin is closed")
+        stdin = sys.stdin.buffer.read()
+    request = add_request(args, os.getcwd(), dict(os.environ), stdin)
+    with _connect(args) as conn:
+        ids = _call(conn, request).get("ids") or []
+    if args.json:
+        _out(json.dumps({"ids": ids}) + "\n")
+    else:
+        _out("".join(f"{job_id}\n" for job_id in ids))
+    return ExitCode.OK
+
+
+# --- cancel, kill ----------------------------------------------------------------------
+
+
+def _setup_ids(parser: argparse.ArgumentParser) -> None:
+    _job_ids(parser, "+")
+
+
+def _by_ids(op: str) -> Handler:
+    """``cancel`` and ``kill``: quiet on success, as kill(1) is."""
+
+    def handle(args: argparse.Namespace) -> int:
+        with _connect(args) as conn:
+            _call(conn, {"op": op, "ids": args.ids})
+        return ExitCode.OK
+
+    return handle
+
+
+# --- log -------------------------------------------------------------------------------
+
+
+def _setup_log(parser: argparse.ArgumentParser) -> None:
+    _job_ids(parser, "*")
+    parser.add_argument("--all", action="store_true", help="every job's output")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="go on printing as the jobs print, until they are done")
+    parser.add_argument("-n", "--lines", type=argtypes.non_negative_int, metavar="N",
+                        help="only the last N lines of what is kept")
+
+
+class LogLines:
+    """``log`` output as bytes to write: with `prefix` (several jobs) each line
+    starts with ``[ID] `` as --tag does, so a partial line is held, per job and
+    stream, until its newline comes (or the job or the log ends)."""
+
+    def __init__(self, prefix: bool) -> None:
+        self.prefix = prefix
+        self._partial: Dict[Tuple[int, str], bytes] = {}
+
+    def feed(self, job_id: int, stream: str, data: bytes) -> bytes:
+        """What to write now for this chunk of job `job_id`'s `stream`."""
+        if not self.prefix:
+            return data
+        head = self._partial.pop((job_id, stream), b"") + data
+        cut = head.rfind(b"\n") + 1
+        if cut < len(head):
+            self._partial[(job_id, stream)] = head[cut:]
+        if not cut:
+            return b""
+        tag = f"[{job_id}] ".encode()
+        return b"".join(tag + line + b"\n" for line in head[: cut - 1].split(b"\n"))
+
+    def finish(self, job_id: Optional[int] = None) -> List[Tuple[str, bytes]]:
+        """The held partial lines of `job_id` (None: of every job), as
+        (stream, bytes) with a newline added, in job order."""
+        out = []
+        for key in sorted(self._partial):
+            if job_id is None or key[0] == job_id:
+                out.append((key[1], f"[{key[0]}] ".encode() + self._partial.pop(key) + b"\n"))
+        return out
+
+
+def _log(args: argparse.Namespace) -> int:
+    if args.all == bool(args.ids):
+        raise _ArgumentError("give job ids or --all (not both)")
+    request: Dict[str, Any] = {"op": "log", "follow": args.follow, "lines": args.lines}
+    if args.all:
+        request["all"] = True
+    else:
+        request["ids"] = args.ids
+    printer = LogLines(prefix=args.all or len(args.ids) > 1)
+    with _connect(args) as conn:
+        _call(conn, request)
+        if args.follow:
+            conn.settimeout(None)  # a job may print nothing for hours
+        try:
+            for line in conn.replies():
+                if "ended" in line:
+                    _write_chunks(printer.finish(line["ended"]))
+                elif "id" in line and "stream" in line:
+                    _write_chunks([(line["stream"], printer.feed(
+                        int(line["id"]), str(line["stream"]), _chunk_bytes(line)))])
+        finally:
+            _write_chunks(printer.finish())
+    return ExitCode.OK
+
+
+def _chunk_bytes(line: Dict[str, Any]) -> bytes:
+    text = line.get("text")
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogateescape")
+    import base64
+
+    return base64.b64decode(line.get("b64") or "")
+
+
+def _write_chunks(chunks: Sequence[Tuple[str, bytes]]) -> None:
+    for stream, data in chunks:
+        if data:
+            target = sys.stderr if stream == "err" else sys.stdout
+            target.buffer.write(data)
+            target.buffer.flush()
+
+
+# --- gpus ------------------------------------------------------------------------------
+
+
+def _setup_gpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("add", "remove"),
+                        help="remove: no new jobs there (running ones finish); "
+                        "add: take jobs there too. Without: show the GPUs")
+    parser.add_argument("ids", nargs="*", metavar="ID",
+                        help="GPU ids, comma- or space-separated, as --gpus takes them")
+    parser.add_argument("--kill", action="store_true",
+                        help="with remove: stop the jobs running there (SIGTERM, then SIGKILL)")
+
+
+def gpu_ids(words: Sequence[str]) -> List[str]:
+    """``["0,1", "2"]`` -> ``["0", "1", "2"]``: ids split on commas and spaces."""
+    return [part for word in words for part in word.replace(",", " ").split()]
+
+
+def _gpus(args: argparse.Namespace) -> int:
+    ids = gpu_ids(args.ids)
+    if args.action is None:
+        if ids or args.kill:
+            raise _ArgumentError("give add or remove before GPU ids")
+        with _connect(args) as conn:
+            run = _call(conn, {"op": "status"})["run"]
+        lines = gpu_lines(run.get("gpus") or [], run.get("running") or [],
+                          _terminal_width(sys.stdout))
+    else:
+        if not ids:
+            raise _ArgumentError(f"gpus {args.action}: give GPU ids")
+        if args.kill and args.action != "remove":
+            raise _ArgumentError("--kill goes with gpus remove")
+        request: Dict[str, Any] = {"op": "gpus", "action": args.action, "ids": ids}
+        if args.action == "remove":
+            request["kill"] = args.kill
+        with _connect(args) as conn:
+            reply = _call(conn, request)
+        lines = gpu_lines(reply.get("gpus") or [], [], None)
+    _out("".join(line + "\n" for line in lines))
+    return ExitCode.OK
+
+
+# --- move ------------------------------------------------------------------------------
+
+
+def _setup_move(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", type=argtypes.non_negative_int, metavar="ID", help="a queued job")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--front", action="store_true", help="first of its priority")
+    where.add_argument("--back", action="store_true", help="last of its priority")
+    where.add_argument("--before", type=argtypes.non_negative_int, metavar="ID",
+                       help="just before queued job ID (taking its priority)")
+
+
+def _move(args: argparse.Namespace) -> int:
+    request: Dict[str, Any] = {"op": "move", "id": args.id}
+    if args.before is not None:
+        request.update(to="before", before=args.before)
+    else:
+        request["to"] = "front" if args.front else "back"
+    with _connect(args) as conn:
+        _call(conn, request)
+    return ExitCode.OK
+
+
+# --- wait ------------------------------------------------------------------------------
+
+
+def _setup_wait(parser: argparse.ArgumentParser) -> None:
+    _json_option(parser)
+    _job_ids(parser, "*")
+
+
+def _wait(args: argparse.Namespace) -> int:
+    request: Dict[str, Any] = {"op": "wait"}
+    if args.ids:
+        request["ids"] = args.ids
+    with _connect(args) as conn:
+        _call(conn, request)
+        conn.settimeout(None)  # jobs may take days
+        end: Dict[str, Any] = {}
+        try:
+            for line in conn.replies():
+                end = line
+        except ControlError:
+            what = "the jobs were done" if args.ids else "it finished"
+            _say(f"simple_gpu_scheduler wait: run {conn.name} (pid {conn.pid}) "
+                 f"went away before {what}")
+            return ExitCode.FAILED
+    if args.json:
+        _out(json.dumps(end) + "\n")
+    else:
+        _out("".join(line + "\n" for line in wait_lines(end)))
+    return ExitCode.OK if end.get("succeeded") is True else ExitCode.FAILED
+
+
+def wait_lines(end: Dict[str, Any]) -> List[str]:
+    """The jobs that did not succeed, one line each, then a summary line."""
+    jobs = end.get("jobs") or []
+    lines = []
+    for job in jobs:
+        if job.get("state") == "succeeded":
+            continue
+        how = ""
+        if job.get("exit") is not None:
+            how = f" (exit {job['exit']})"
+        elif job.get("signal"):
+            how = f" ({job['signal']})"
+        lines.append(f"job {job.get('id')}: {str(job.get('state')).replace('_', ' ')}{how}")
+    plural = "s" if len(jobs) != 1 else ""
+    if end.get("succeeded") is True:
+        lines.append(f"{len(jobs)} job{plural} succeeded")
+    else:
+        lines.append(f"{len(lines)} of {len(jobs)} job{plural} did not succeed")
+    return lines
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _terminal_width(stream: Any) -> Optional[int]:
+    """The width of the terminal `stream` is, or None when it is none (a file,
+    a pipe, closed): COLUMNS first, then the terminal's own size, without
+    `shutil`, as `report.status.terminal_width` does."""
+    try:
+        fd = stream.fileno()
+        if not os.isatty(fd):
+            return None
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(fd).columns or 80
+    except OSError:
+        return 80
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+_VERBS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {
+    "status": (_setup_status, _status),
+    "ls": (_setup_ls, _ls),
+    "add": (_setup_add, _add),
+    "cancel": (_setup_ids, _by_ids("cancel")),
+    "kill": (_setup_ids, _by_ids("kill")),
+    "log": (_setup_log, _log),
+    "pause": (lambda parser: None, _simple("pause")),
+    "unpause": (lambda parser: None, _simple("unpause")),
+    "drain": (lambda parser: None, _simple("drain")),
+    "stop": (lambda parser: None, _simple("stop")),
+    "gpus": (_setup_gpus, _gpus),
+    "move": (_setup_move, _move),
+    "wait": (_setup_wait, _wait),
+}

@@ -1,0 +1,52 @@
+"""The control socket on a run, at almost no start-up cost.
+
+A run binds its socket before the first job (clients can find it at once),
+but the server itself (JSON, the handlers, the views) is imported and built
+only when the first client connects: a run nobody steers pays for a bind
+and a link, not for the modules. Until then the run's events need not reach
+the handlers either: what they answer later (``ls``, ``wait`` for a job that
+is done) is read from the engine's state.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    from ..engine.loop import Loop
+    from ..model.events import Event
+    from .handlers import Handlers
+    from .paths import Listener
+    from .server import ControlServer
+
+
+class Control:
+    def __init__(self, listener: Listener, loop: Loop,
+                 make_handlers: Callable[[], Handlers]) -> None:
+        self.listener = listener
+        self._loop = loop
+        self._make_handlers = make_handlers
+        self.handlers: Optional[Handlers] = None
+        self.server: Optional[ControlServer] = None
+        self._fd = listener.sock.fileno()
+        loop.add_reader(self._fd, self._first_client)
+
+    def _first_client(self) -> None:
+        from .server import ControlServer
+
+        self._loop.remove_reader(self._fd)
+        self.handlers = self._make_handlers()
+        self.server = ControlServer(self.listener, self._loop, self.handlers)
+        self.server.accept()
+
+    def event(self, event: Event) -> None:
+        if self.handlers is not None:
+            self.handlers.event(event)
+
+    def close(self) -> None:
+        """The run ends: answer what is owed, remove the socket."""
+        if self.server is not None:
+            self.server.close()
+        else:
+            self.listener.close()

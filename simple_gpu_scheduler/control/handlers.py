@@ -1,0 +1,259 @@
+"""What each control request does: one handler per ``op`` (docs/control.md).
+
+A handler checks its request's arguments (a wrong one is an error reply,
+never an exception that reaches the engine), then reads the engine's state
+(`views`) or changes it through `engine.steering`, and replies. The ops
+that answer later (``wait``, ``log -f``) keep what they wait for on their
+connection and are answered from the engine's events (`event`), which the
+composition root hands here as well as to the console.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import __version__
+from ..engine.steering import Refused
+from ..model import events as ev
+from . import views
+from .logs import LogSessions
+from .wire import job_from_spec
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
+
+    from ..engine.loop import Loop
+    from ..engine.steering import Steering
+    from ..input.jsonl import Defaults
+    from ..launch.keeper import OutputKeeper
+    from ..launch.streams import OutputMode
+    from .server import Connection
+
+    Handler = Callable[[Connection, Dict[str, Any]], None]
+
+
+class BadRequest(Exception):
+    """A request's argument is missing or of the wrong type."""
+
+
+class Handlers:
+    def __init__(self, loop: Loop, steering: Steering, name: str, defaults: Defaults,
+                 output: OutputMode, keeper: Optional[OutputKeeper] = None) -> None:
+        self.loop = loop
+        self.steering = steering
+        self.name = name
+        self.defaults = defaults
+        self.started = loop.wall()
+        self.logs = LogSessions(loop, output, keeper)
+        #: connections waiting: connection -> ids still to end (None: the whole run)
+        self._waits: Dict[Connection, Any] = {}
+        self._ops: Dict[str, Handler] = {
+            "status": self._status, "ls": self._ls, "add": self._add,
+            "cancel": self._cancel, "kill": self._kill, "log": self._log,
+            "pause": self._pause, "unpause": self._unpause, "drain": self._drain,
+            "stop": self._stop, "gpus": self._gpus, "move": self._move, "wait": self._wait,
+        }
+
+    # --- the server's side ----------------------------------------------------------
+
+    def greeting(self) -> Dict[str, Any]:
+        return {"sgs": 1, "pid": os.getpid(), "name": self.name, "version": __version__}
+
+    def handle(self, connection: Connection, request: Dict[str, Any]) -> None:
+        op = request.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            known = ", ".join(sorted(self._ops))
+            connection.send(_error(f"unknown op {op!r} (ops: {known})"))
+            return
+        try:
+            handler(connection, request)
+        except BadRequest as exc:
+            connection.send(_error(f"{op}: {exc}"))
+        except Refused as exc:
+            connection.send(_error(str(exc)))
+
+    def closed(self, connection: Connection) -> None:
+        self._waits.pop(connection, None)
+        self.logs.closed(connection)
+
+    # --- the engine's events --------------------------------------------------------
+
+    def event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.JobDone):
+            self._job_done(event)
+        elif isinstance(event, ev.JobStarted):
+            self.logs.started(event.job)
+        elif isinstance(event, ev.RunEnded):
+            self._run_ended()
+
+    def _job_done(self, event: ev.JobDone) -> None:
+        self.logs.done(event.job.id)
+        for connection, waiting in list(self._waits.items()):
+            if waiting is not None and event.job.id in waiting:
+                waiting.discard(event.job.id)
+                if not waiting:
+                    self._answer_wait(connection)
+
+    def _run_ended(self) -> None:
+        self.logs.run_ended()
+        for connection, waiting in list(self._waits.items()):
+            if waiting is None:
+                state = self.loop.state
+                connection.send({
+                    "end": True, "succeeded": self.loop.exit_status() == 0,
+                    "counts": views.counts(state), "jobs": []})
+                del self._waits[connection]
+
+    # --- views ----------------------------------------------------------------------
+
+    def _status(self, connection: Connection, request: Dict[str, Any]) -> None:
+        connection.send({"ok": True, "run": views.run(self.loop, self.name, self.started)})
+
+    def _ls(self, connection: Connection, request: Dict[str, Any]) -> None:
+        state = self.loop.state
+        connection.send({"ok": True, "jobs": views.jobs(self.loop),
+                         "forgotten": state.forgotten})
+
+    # --- jobs -----------------------------------------------------------------------
+
+    def _add(self, connection: Connection, request: Dict[str, Any]) -> None:
+        cwd = _string(request, "cwd")
+        env = request.get("env")
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise BadRequest("'env' must be an object of strings (the submitter's environment)")
+        front = _flag(request, "front")
+        specs = request.get("jobs")
+        lines = request.get("lines")
+        if (specs is None) == (lines is None):
+            raise BadRequest("give 'jobs' (objects) or 'lines' (JSON lines), one of them")
+        given = specs if specs is not None else lines
+        if not isinstance(given, list) or not given:
+            raise BadRequest("'jobs' or 'lines' must be a non-empty array")
+        jobs = [job_from_spec(item, n, self.defaults, cwd, env, from_line=lines is not None)
+                for n, item in enumerate(given, 1)]
+        ids = self.steering.add(jobs, front)
+        connection.send({"ok": True, "ids": ids})
+
+    def _cancel(self, connection: Connection, request: Dict[str, Any]) -> None:
+        connection.send({"ok": True, "ids": self.steering.cancel(_ids(request))})
+
+    def _kill(self, connection: Connection, request: Dict[str, Any]) -> None:
+        connection.send({"ok": True, "ids": self.steering.kill(_ids(request))})
+
+    def _move(self, connection: Connection, request: Dict[str, Any]) -> None:
+        job_id = _int(request, "id")
+        to = request.get("to")
+        if to not in ("front", "back", "before"):
+            raise BadRequest("'to' must be \"front\", \"back\" or \"before\"")
+        before = _int(request, "before") if to == "before" else None
+        self.steering.move(job_id, to, before)
+        connection.send({"ok": True})
+
+    def _wait(self, connection: Connection, request: Dict[str, Any]) -> None:
+        if request.get("ids") is None:
+            self._waits[connection] = None
+            connection.send({"ok": True})
+            return
+        ids = _ids(request)
+        unknown = [i for i in ids if not 0 < i <= self.loop.source.count]
+        if unknown:
+            raise Refused(f"there is no job {unknown[0]} in this run")
+        records = self.loop.state.records
+        forgotten = [i for i in ids if i not in records and views.finished_row(
+            self.loop.state, i) is None]
+        if forgotten:
+            raise Refused(f"job {forgotten[0]} finished too long ago to be known here")
+        connection.send({"ok": True})
+        connection.state["wait_ids"] = ids
+        self._waits[connection] = {i for i in ids if i in records}
+        if not self._waits[connection]:
+            self._answer_wait(connection)
+
+    def _answer_wait(self, connection: Connection) -> None:
+        self._waits.pop(connection, None)
+        ids: List[int] = connection.state.pop("wait_ids", [])
+        rows = [views.finished_row(self.loop.state, i) for i in ids]
+        jobs = [{"id": r.id, "state": r.state, "exit": r.exit,
+                 "signal": views.signal_field(r.signal)} for r in rows if r is not None]
+        connection.send({"end": True, "jobs": jobs,
+                         "succeeded": all(j["state"] == "succeeded" for j in jobs)})
+
+    def _log(self, connection: Connection, request: Dict[str, Any]) -> None:
+        every = _flag(request, "all")
+        ids = [] if every else _ids(request)
+        lines = request.get("lines")
+        if lines is not None and (isinstance(lines, bool) or not isinstance(lines, int)
+                                  or lines < 0):
+            raise BadRequest("'lines' must be a whole number of lines, 0 or more")
+        self.logs.open(connection, ids, every, _flag(request, "follow"), lines)
+
+    # --- the run --------------------------------------------------------------------
+
+    def _pause(self, connection: Connection, request: Dict[str, Any]) -> None:
+        self.steering.pause(True)
+        connection.send({"ok": True})
+
+    def _unpause(self, connection: Connection, request: Dict[str, Any]) -> None:
+        self.steering.pause(False)
+        connection.send({"ok": True})
+
+    def _drain(self, connection: Connection, request: Dict[str, Any]) -> None:
+        self.steering.drain()
+        connection.send({"ok": True})
+
+    def _stop(self, connection: Connection, request: Dict[str, Any]) -> None:
+        self.steering.stop()
+        connection.send({"ok": True})
+
+    def _gpus(self, connection: Connection, request: Dict[str, Any]) -> None:
+        action = request.get("action")
+        ids = request.get("ids")
+        if not isinstance(ids, list) or not ids or not all(
+                isinstance(i, str) and i for i in ids):
+            raise BadRequest("'ids' must be a non-empty array of GPU ids (strings)")
+        if action == "remove":
+            killed = self.steering.remove_gpus(ids, kill=_flag(request, "kill"))
+            reply: Dict[str, Any] = {"ok": True, "killed": killed}
+        elif action == "add":
+            self.steering.add_gpus(ids)
+            reply = {"ok": True}
+        else:
+            raise BadRequest("'action' must be \"remove\" or \"add\"")
+        reply["gpus"] = views.gpus(self.loop)
+        connection.send(reply)
+
+
+def _error(text: str) -> Dict[str, Any]:
+    return {"ok": False, "error": text}
+
+
+def _ids(request: Dict[str, Any]) -> List[int]:
+    ids = request.get("ids")
+    if not isinstance(ids, list) or not ids or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise BadRequest("'ids' must be a non-empty array of job ids (whole numbers)")
+    return ids
+
+
+def _int(request: Dict[str, Any], key: str) -> int:
+    value = request.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key!r} must be a job id (a whole number)")
+    return value
+
+
+def _flag(request: Dict[str, Any], key: str) -> bool:
+    value = request.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be true or false")
+    return value
+
+
+def _string(request: Dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key!r} must be a non-empty string")
+    return value

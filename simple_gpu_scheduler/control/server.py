@@ -1,0 +1,248 @@
+"""The control socket's server side: connections, framing, who may talk.
+
+A run's listening socket (`paths.listen`) and every accepted connection are
+non-blocking file descriptors in the engine's own ``poll`` (`add_reader`,
+`add_writer`): the server has no thread, and a client that says nothing,
+sends half a line or stops reading holds up nothing but itself.
+
+- **Who.** ``SO_PEERCRED`` is read as a connection is accepted; a peer of
+  another uid gets one refusal line and is closed before anything it sent is
+  read.
+- **Framing.** One JSON object per line. A line over `MAX_REQUEST` bytes gets
+  an error reply and the connection is closed (the rest of the line is not
+  worth reading). A line that is not a JSON object gets an error reply.
+- **Back-pressure.** What a client does not read waits in its connection's
+  buffer, written as the socket takes it; past `MAX_PENDING` bytes the
+  client is dropped, so a stuck ``log -f`` cannot make the run hold its
+  output in memory.
+
+What a request means is not decided here: each line goes to the `Handlers`
+(`control.handlers`), which answer through `Connection.send`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+
+TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
+
+    from ..launch.base import Reactor
+    from .handlers import Handlers
+    from .paths import Listener
+
+#: The longest request line, in bytes.
+MAX_REQUEST = 1024 * 1024
+#: Bytes a client may leave unread before it is dropped.
+MAX_PENDING = 64 * 1024 * 1024
+#: Bytes read from a client at once.
+READ = 64 * 1024
+#: ``struct ucred``: pid, uid, gid.
+UCRED = struct.Struct("3i")
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass") + b"\n"
+
+
+class Connection:
+    """One client."""
+
+    def __init__(self, server: ControlServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._in = bytearray()
+        self._out = bytearray()
+        self._writing = False
+        self.closed = False
+        #: close once what is pending has been written
+        self._closing = False
+        #: what the handlers keep for this connection (a wait, a log follow)
+        self.state: Dict[str, Any] = {}
+        #: called (on the engine's thread) once this much is left to write
+        self.on_drained: Optional[Callable[[], None]] = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._out)
+
+    def send(self, message: Dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self._out += encode(message)
+        if len(self._out) > MAX_PENDING:
+            self.close()  # it does not read: drop it rather than hold it all
+            return
+        self._flush()
+
+    def finish(self) -> None:
+        """Close once everything sent so far is written."""
+        self._closing = True
+        self._flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        reactor = self.server.reactor
+        reactor.remove_reader(self.fd)
+        if self._writing:
+            reactor.remove_writer(self.fd)
+        self.sock.close()
+        self.server.forget(self)
+
+    def flush_blocking(self, timeout: float) -> None:
+        """At the run's end: write what is pending, waiting at most `timeout`."""
+        if self.closed or not self._out:
+            return
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall(bytes(self._out))
+            self._out.clear()
+        except OSError:
+            pass
+
+    # --- the engine's callbacks ---------------------------------------------------
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()  # the client is gone (or sent all it will)
+            return
+        self._in += data
+        while not self.closed and not self._closing:
+            end = self._in.find(b"\n")
+            if end < 0:
+                if len(self._in) > MAX_REQUEST:
+                    self._refuse_oversized()
+                return
+            if end > MAX_REQUEST:
+                self._refuse_oversized()
+                return
+            line = bytes(self._in[:end])
+            del self._in[: end + 1]
+            self._request(line)
+
+    def writable(self) -> None:
+        self._flush()
+
+    # --- inside ----------------------------------------------------------------------
+
+    def _request(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            request = json.loads(line)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self.send({"ok": False, "error": "the request is not a JSON object on one line"})
+            return
+        if not isinstance(request, dict):
+            self.send({"ok": False, "error": "the request is not a JSON object"})
+            return
+        self.server.handlers.handle(self, request)
+
+    def _refuse_oversized(self) -> None:
+        self._in.clear()
+        self.send({"ok": False, "error": f"a request is over {MAX_REQUEST} bytes; "
+                   "closing the connection"})
+        self.finish()
+
+    def _flush(self) -> None:
+        if self.closed:
+            return
+        if self._out:
+            try:
+                sent = self.sock.send(self._out)
+                del self._out[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.close()
+                return
+        want = bool(self._out)
+        if want != self._writing:
+            self._writing = want
+            if want:
+                self.server.reactor.add_writer(self.fd, self.writable)
+            else:
+                self.server.reactor.remove_writer(self.fd)
+        if not self._out:
+            if self._closing:
+                self.close()
+            elif self.on_drained is not None:
+                self.on_drained()
+
+
+class ControlServer:
+    def __init__(self, listener: Listener, reactor: Reactor, handlers: Handlers) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.handlers = handlers
+        self.connections: Dict[int, Connection] = {}
+        self._uid = os.getuid()
+        if not isinstance(listener.sock, socket.socket):
+            # Bound with `_socket` (cheap at start-up); `socket`'s from here on.
+            listener.sock = socket.socket(fileno=listener.sock.detach())
+            listener.sock.setblocking(False)
+        reactor.add_reader(listener.sock.fileno(), self.accept)
+
+    def accept(self) -> None:
+        for _ in range(64):  # a burst of clients: take some, come back next turn
+            try:
+                sock, _ = self.listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return  # out of descriptors: the client waits in the backlog
+                continue  # the client went away before we took it (ECONNABORTED)
+            sock.setblocking(False)
+            if not self._same_user(sock):
+                try:
+                    sock.send(encode({"ok": False, "error": "this scheduler belongs to "
+                                      "another user; refused"}))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            connection = Connection(self, sock)
+            self.connections[connection.fd] = connection
+            self.reactor.add_reader(connection.fd, connection.readable)
+            connection.send(self.handlers.greeting())
+
+    def _same_user(self, sock: socket.socket) -> bool:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+        except OSError:
+            return False
+        _, uid, _ = UCRED.unpack(creds)
+        return uid == self._uid
+
+    def forget(self, connection: Connection) -> None:
+        self.connections.pop(connection.fd, None)
+        self.handlers.closed(connection)
+
+    def all(self) -> List[Connection]:
+        return list(self.connections.values())
+
+    def close(self, patience: float = 1.0) -> None:
+        """The run ends: what clients are owed is written (briefly), then every
+        connection and the socket go."""
+        self.reactor.remove_reader(self.listener.sock.fileno())
+        for connection in self.all():
+            connection.flush_blocking(patience)
+            connection.close()
+        self.listener.close()
