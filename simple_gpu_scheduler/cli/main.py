@@ -420,6 +420,7 @@ def _run(
     if not args.no_control:
         control = _control(args, loop, plan, output, pool)
         listeners.append(control.event)
+        console.debug(f"control socket {control.listener.path} (simple_gpu_scheduler status)")
     try:
         return loop.run()
     finally:

@@ -25,9 +25,9 @@ import sys
 from ..control.client import Connection, ControlError, find_run
 from ..control.paths import control_dir, live_runs
 from ..errors import ExitCode, UsageError
-from ..model.jobs import printable
-from ..model.units import format_duration
+from ..report.status import terminal_width
 from . import argtypes
+from .verb_output import LogLines, gpu_lines, ls_footer, ls_lines, status_text, wait_lines
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -40,9 +40,6 @@ VERBS: Tuple[str, ...] = (
     "gpus", "move", "wait",
 )
 
-#: The fewest characters of a command a status row shows, however narrow the
-#: terminal (as the SIGUSR1 table does).
-MIN_COMMAND = 20
 #: Clears a terminal and puts the cursor home, as watch(1) redraws.
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -110,7 +107,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     terminal, as `cli.main` does."""
 
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=(_terminal_width(sys.__stdout__) or 80) - 2)
+        super().__init__(prog, width=(_width_of(sys.__stdout__) or 80) - 2)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,8 +195,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(runs) + "\n")
     else:
-        width = _terminal_width(sys.stdout)
-        _out(_status_text(runs, width))
+        width = _width_of(sys.stdout)
+        _out(status_text(runs, width))
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
@@ -234,7 +231,7 @@ def _watch(args: argparse.Namespace) -> int:
     (listed again each time, so new runs appear) until none is left."""
     import time
 
-    tty = _terminal_width(sys.stdout) is not None
+    tty = _width_of(sys.stdout) is not None
     conn = _connect(args) if args.run is not None else None
     try:
         while True:
@@ -253,8 +250,8 @@ def _watch(args: argparse.Namespace) -> int:
             if args.json:
                 text = json.dumps(runs) + "\n"
             else:
-                width = _terminal_width(sys.stdout)
-                text = _status_text(runs, width)
+                width = _width_of(sys.stdout)
+                text = status_text(runs, width)
             _out(CLEAR + text if tty else text + "\n")
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -262,110 +259,6 @@ def _watch(args: argparse.Namespace) -> int:
     finally:
         if conn is not None:
             conn.close()
-
-
-def _status_text(runs: List[Dict[str, Any]], width: Optional[int]) -> str:
-    """Every run's lines, a blank line between runs."""
-    return "\n\n".join("\n".join(status_lines(run, width)) for run in runs) + "\n"
-
-
-def status_lines(run: Dict[str, Any], width: Optional[int] = None) -> List[str]:
-    """A RUN object (the ``status`` reply) as lines: a header, the counts, and
-    one row per GPU and job on it. With `width` (a terminal's) commands are cut
-    in the middle to fit; without, they are whole."""
-    reading = {"open": "reading input", "ended": "input ended",
-               "serving": "input ended, serving adds"}.get(str(run.get("input")), "input ?")
-    header = (f"{run.get('name')} (pid {run.get('pid')}): "
-              f"up {format_duration(float(run.get('elapsed') or 0))}, {reading}")
-    if run.get("paused"):
-        header += ", paused"
-    if run.get("stopping"):
-        header += f", stopping ({run['stopping']})"
-    counts = run.get("counts") or {}
-    shown = [f"{counts.get(key, 0)} {key}" for key in ("running", "queued", "succeeded", "failed")]
-    shown += [f"{counts[key]} {key.replace('_', ' ')}"
-              for key in ("not_started", "skipped") if counts.get(key)]
-    return [header, "  " + ", ".join(shown)] + gpu_lines(
-        run.get("gpus") or [], run.get("running") or [], width)
-
-
-def gpu_lines(
-    gpus: Sequence[Dict[str, Any]], running: Sequence[Dict[str, Any]],
-    width: Optional[int] = None,
-) -> List[str]:
-    """One row per GPU (id, state, and why it is busy or lost in the COMMAND
-    column) and per job on it (id, name, runtime, command). A job on several
-    GPUs is shown whole on the first of them; running jobs on no listed GPU
-    come last, under GPU ``-``."""
-    jobs = {job.get("id"): job for job in running}
-    rows: List[Tuple[str, str, str, str, str, str]] = []
-    first: Dict[Any, str] = {}
-    for gpu in gpus:
-        gpu_id, state = str(gpu.get("id")), str(gpu.get("state"))
-        job_ids = list(gpu.get("jobs") or [])
-        for index, job_id in enumerate(job_ids):
-            lead = (gpu_id, state) if index == 0 else ("", "")
-            rows.append(lead + _job_cells(job_id, jobs.get(job_id), first.get(job_id)))
-            first.setdefault(job_id, gpu_id)
-        # Why it is busy or lost, where a command would be: a wide STATE
-        # column would push every command right.
-        why = f"({gpu['why']})" if gpu.get("why") else ""
-        if why or not job_ids:
-            rows.append(("", "", "", "", "", why) if job_ids else (gpu_id, state, "", "", "", why))
-    for job in running:
-        if job.get("id") not in first:
-            rows.append(("-", "") + _job_cells(job.get("id"), job, None))
-    if not rows:
-        return []
-    heads = ("GPU", "STATE", "JOB", "NAME", "TIME", "COMMAND")
-    named = any(row[3] for row in rows)
-    widths = [max([len(heads[col])] + [len(row[col]) for row in rows]) for col in range(5)]
-    before = 2 + sum(w + 2 for col, w in enumerate(widths) if col != 3 or named)
-    room = None if width is None else max(MIN_COMMAND, width - before)
-    lines = []
-    for row in [heads, *rows]:
-        cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}", f"{row[2]:>{widths[2]}}"]
-        if named:
-            cells.append(f"{row[3]:<{widths[3]}}")
-        cells += [f"{row[4]:>{widths[4]}}", cut_middle(row[5], room)]
-        lines.append(("  " + "  ".join(cells)).rstrip())
-    return lines
-
-
-def _job_cells(
-    job_id: Any, job: Optional[Dict[str, Any]], shown_on: Optional[str],
-) -> Tuple[str, str, str, str]:
-    if shown_on is not None:
-        return str(job_id), "", "", f"(see gpu {shown_on})"
-    if job is None:
-        return str(job_id), "", "", ""
-    runtime = job.get("runtime")
-    return (str(job_id), printable(job.get("name") or "", 32),
-            "" if runtime is None else format_duration(float(runtime)), command_text(job))
-
-
-def cut_middle(text: str, room: Optional[int]) -> str:
-    """`text` in at most `room` characters (None: no limit), cut in the middle
-    with ``...``, as the SIGUSR1 table does: the start says what runs, the end
-    tells the jobs of a sweep apart."""
-    if room is None or len(text) <= room:
-        return text
-    keep = max(0, room - 3)
-    tail = keep // 2
-    return text[: keep - tail] + "..." + (text[-tail:] if tail else "")
-
-
-def command_text(obj: Dict[str, Any]) -> str:
-    """A reply's ``command`` (or ``command_b64``) on one line: what is not
-    printable (a newline of a multi-line command, bytes that are not UTF-8)
-    escaped."""
-    command = obj.get("command")
-    if not isinstance(command, str):
-        import base64
-
-        raw = base64.b64decode(obj.get("command_b64") or "")
-        command = raw.decode("utf-8", "backslashreplace")
-    return printable(command)
 
 
 # --- ls --------------------------------------------------------------------------------
@@ -387,48 +280,6 @@ def _ls(args: argparse.Namespace) -> int:
     if footer:
         _say(footer)
     return ExitCode.OK
-
-
-def ls_lines(jobs: Sequence[Dict[str, Any]]) -> List[str]:
-    """The ``ls`` table: ID, NAME, STATE, GPUS, START (local time), TIME, EXIT
-    (status, or the signal's name), TRIES, and the whole COMMAND last."""
-    import time
-
-    heads = ("ID", "NAME", "STATE", "GPUS", "START", "TIME", "EXIT", "TRIES", "COMMAND")
-    rows = []
-    for job in jobs:
-        started, runtime = job.get("started"), job.get("runtime")
-        if job.get("exit") is not None:
-            ended = str(job["exit"])
-        else:
-            ended = str(job.get("signal") or "-")
-        rows.append((
-            str(job.get("id")),
-            printable(job.get("name") or "-", 32),
-            str(job.get("state")),
-            ",".join(str(g) for g in job.get("gpus") or []) or "-",
-            "-" if started is None else time.strftime("%H:%M:%S", time.localtime(started)),
-            "-" if runtime is None else format_duration(float(runtime)),
-            ended,
-            str(job.get("attempts", 0)),
-            command_text(job),
-        ))
-    widths = [max([len(heads[col])] + [len(row[col]) for row in rows]) for col in range(8)]
-    right = (0, 5, 6, 7)  # numbers align right
-    lines = []
-    for row in [heads, *rows]:
-        cells = [f"{cell:>{w}}" if col in right else f"{cell:<{w}}"
-                 for col, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join([*cells, row[8]]).rstrip())
-    return lines
-
-
-def ls_footer(forgotten: int) -> Optional[str]:
-    """The line after the table when older finished jobs are no longer kept."""
-    if forgotten <= 0:
-        return None
-    return (f"({forgotten} older finished job{'s' if forgotten != 1 else ''} not listed: "
-            "a run keeps the latest 100,000)")
 
 
 # --- add -------------------------------------------------------------------------------
@@ -576,38 +427,6 @@ def _setup_log(parser: argparse.ArgumentParser) -> None:
                         help="only the last N lines of what is kept")
 
 
-class LogLines:
-    """``log`` output as bytes to write: with `prefix` (several jobs) each line
-    starts with ``[ID] `` as --tag does, so a partial line is held, per job and
-    stream, until its newline comes (or the job or the log ends)."""
-
-    def __init__(self, prefix: bool) -> None:
-        self.prefix = prefix
-        self._partial: Dict[Tuple[int, str], bytes] = {}
-
-    def feed(self, job_id: int, stream: str, data: bytes) -> bytes:
-        """What to write now for this chunk of job `job_id`'s `stream`."""
-        if not self.prefix:
-            return data
-        head = self._partial.pop((job_id, stream), b"") + data
-        cut = head.rfind(b"\n") + 1
-        if cut < len(head):
-            self._partial[(job_id, stream)] = head[cut:]
-        if not cut:
-            return b""
-        tag = f"[{job_id}] ".encode()
-        return b"".join(tag + line + b"\n" for line in head[: cut - 1].split(b"\n"))
-
-    def finish(self, job_id: Optional[int] = None) -> List[Tuple[str, bytes]]:
-        """The held partial lines of `job_id` (None: of every job), as
-        (stream, bytes) with a newline added, in job order."""
-        out = []
-        for key in sorted(self._partial):
-            if job_id is None or key[0] == job_id:
-                out.append((key[1], f"[{key[0]}] ".encode() + self._partial.pop(key) + b"\n"))
-        return out
-
-
 def _log(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         raise _ArgumentError("give job ids or --all (not both)")
@@ -676,7 +495,7 @@ def _gpus(args: argparse.Namespace) -> int:
         with _connect(args) as conn:
             run = _call(conn, {"op": "status"})["run"]
         lines = gpu_lines(run.get("gpus") or [], run.get("running") or [],
-                          _terminal_width(sys.stdout))
+                          _width_of(sys.stdout))
     else:
         if not ids:
             raise _ArgumentError(f"gpus {args.action}: give GPU ids")
@@ -746,50 +565,15 @@ def _wait(args: argparse.Namespace) -> int:
     return ExitCode.OK if end.get("succeeded") is True else ExitCode.FAILED
 
 
-def wait_lines(end: Dict[str, Any]) -> List[str]:
-    """The jobs that did not succeed, one line each, then a summary line."""
-    jobs = end.get("jobs") or []
-    lines = []
-    for job in jobs:
-        if job.get("state") == "succeeded":
-            continue
-        how = ""
-        if job.get("exit") is not None:
-            how = f" (exit {job['exit']})"
-        elif job.get("signal"):
-            how = f" ({job['signal']})"
-        lines.append(f"job {job.get('id')}: {str(job.get('state')).replace('_', ' ')}{how}")
-    plural = "s" if len(jobs) != 1 else ""
-    if end.get("succeeded") is True:
-        lines.append(f"{len(jobs)} job{plural} succeeded")
-    else:
-        lines.append(f"{len(lines)} of {len(jobs)} job{plural} did not succeed")
-    return lines
-
-
 # --- output ----------------------------------------------------------------------------
 
 
-def _terminal_width(stream: Any) -> Optional[int]:
-    """The width of the terminal `stream` is, or None when it is none (a file,
-    a pipe, closed): COLUMNS first, then the terminal's own size, without
-    `shutil`, as `report.status.terminal_width` does."""
+def _width_of(stream: Any) -> Optional[int]:
+    """The width of the terminal `stream` is, or None (a file, a pipe, closed)."""
     try:
-        fd = stream.fileno()
-        if not os.isatty(fd):
-            return None
+        return terminal_width(stream.fileno())
     except (AttributeError, ValueError, OSError):
         return None
-    try:
-        columns = int(os.environ["COLUMNS"])
-        if columns > 0:
-            return columns
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(fd).columns or 80
-    except OSError:
-        return 80
 
 
 def _out(text: str) -> None:

@@ -17,7 +17,7 @@ from ..engine.steering import Refused
 from ..model import events as ev
 from . import views
 from .logs import LogSessions
-from .wire import job_from_spec
+from .wire import EnvCache, job_from_spec
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -44,8 +44,11 @@ class Handlers:
         self.steering = steering
         self.name = name
         self.defaults = defaults
-        self.started = loop.wall()
+        #: when the run started, as wall-clock time (the handlers are made later,
+        #: at the first client)
+        self.started = loop.wall() - (loop.clock() - loop.state.started_at)
         self.logs = LogSessions(loop, output, keeper)
+        self._envs = EnvCache()
         #: connections waiting: connection -> ids still to end (None: the whole run)
         self._waits: Dict[Connection, Any] = {}
         self._ops: Dict[str, Handler] = {
@@ -124,6 +127,7 @@ class Handlers:
         if not isinstance(env, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise BadRequest("'env' must be an object of strings (the submitter's environment)")
+        env = self._envs.shared(env)
         front = _flag(request, "front")
         specs = request.get("jobs")
         lines = request.get("lines")

@@ -239,10 +239,14 @@ class ControlServer:
         return list(self.connections.values())
 
     def close(self, patience: float = 1.0) -> None:
-        """The run ends: what clients are owed is written (briefly), then every
-        connection and the socket go."""
+        """The run ends: what clients are owed is written (for `patience`
+        seconds in all, so that stuck clients cannot hold up the exit), then
+        every connection and the socket go."""
+        import time
+
         self.reactor.remove_reader(self.listener.sock.fileno())
+        deadline = time.monotonic() + patience
         for connection in self.all():
-            connection.flush_blocking(patience)
+            connection.flush_blocking(max(0.01, deadline - time.monotonic()))
             connection.close()
         self.listener.close()

@@ -16,7 +16,7 @@ from ..model.jobs import Job
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Dict, Mapping
+    from typing import Any, Dict, FrozenSet, Mapping, Tuple
 
     from ..input.jsonl import Defaults
 
@@ -87,11 +87,35 @@ def job_from_spec(item: Any, n: int, defaults: Defaults, cwd: str, env: Mapping[
     if job.invalid:
         return job
     job.cwd = cwd if job.cwd is None else _joined(cwd, job.cwd)
-    whole = dict(env)
-    whole.update(job.env)
-    job.env = whole
+    if job.env:
+        whole = dict(env)
+        whole.update(job.env)
+        job.env = whole
+    else:
+        job.env = env  # shared by the jobs of one shell (`EnvCache`)
     job.whole_env = True
     return job
+
+
+class EnvCache:
+    """One dict per distinct submitter environment, shared by every job added
+    from it: 100,000 jobs added from one shell hold one copy of its few KiB
+    of environment, not 100,000."""
+
+    #: distinct environments kept (a new one past this starts the cache anew)
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._envs: Dict[FrozenSet[Tuple[str, str]], Dict[str, str]] = {}
+
+    def shared(self, env: Dict[str, str]) -> Dict[str, str]:
+        key = frozenset(env.items())
+        known = self._envs.get(key)
+        if known is None:
+            if len(self._envs) >= self.LIMIT:
+                self._envs.clear()
+            known = self._envs[key] = env
+        return known
 
 
 def _joined(base: str, path: str) -> str:

@@ -62,7 +62,8 @@ class Steering:
         for job in (reversed(jobs) if front else jobs):
             loop.state.add(job, front)
         what = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}-{ids[-1]}"
-        loop.emit(ev.Steered(f"{what} added by a control client"))
+        # Only with --verbose: a script may add thousands, and each start is said.
+        loop.emit(ev.Steered(f"{what} added by a control client", -1))
         return ids
 
     def cancel(self, ids: Iterable[int]) -> List[int]:

@@ -87,12 +87,13 @@ class JobDone(Event):
 
 class Steered(Event):
     """A control request changed the run (added jobs, paused, removed a GPU):
-    `text` says what, for the console."""
+    `text` says what, for the console, at `level` (as `Notice`'s)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("text", "level")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, level: int = 0) -> None:
         self.text = text
+        self.level = level
 
 
 class Lingering(Event):

@@ -102,7 +102,7 @@ class ConsoleReport:
         pass  # said already, by the attempt's end or "not started"
 
     def _steered(self, event: ev.Steered) -> None:
-        self.console.info(event.text)
+        (self.console.info if event.level >= 0 else self.console.debug)(event.text)
 
     def _lingering(self, event: ev.Lingering) -> None:
         self.console.debug(f"{event.job.label()} left processes behind; terminating them")

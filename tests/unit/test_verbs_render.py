@@ -11,19 +11,15 @@ from typing import Any, Dict, List
 
 import pytest
 
-from simple_gpu_scheduler.cli.verbs import (
-    VERBS,
+from simple_gpu_scheduler.cli.verb_output import (
     LogLines,
-    add_request,
-    gpu_ids,
     gpu_lines,
     ls_footer,
     ls_lines,
-    parse_args,
-    run_verb,
     status_lines,
     wait_lines,
 )
+from simple_gpu_scheduler.cli.verbs import VERBS, add_request, gpu_ids, parse_args, run_verb
 from simple_gpu_scheduler.errors import UsageError
 
 
@@ -316,3 +312,10 @@ def _minimal(verb: str) -> List[str]:
     """The fewest arguments each verb parses."""
     return {"add": ["--", "true"], "cancel": ["1"], "kill": ["1"], "log": ["--all"],
             "move": ["1", "--front"]}.get(verb, [])
+
+
+def test_the_command_line_dispatches_exactly_the_client_verbs() -> None:
+    # cli.main names them itself, so that a run never imports the client.
+    from simple_gpu_scheduler.cli.main import VERBS as DISPATCHED
+
+    assert DISPATCHED == VERBS
