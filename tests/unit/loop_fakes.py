@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 
 from simple_gpu_scheduler.engine.config import Settings
 from simple_gpu_scheduler.engine.loop import Loop
-from simple_gpu_scheduler.engine.state import QUEUED
 from simple_gpu_scheduler.input.reader import InputSource, job_factory
 from simple_gpu_scheduler.launch.base import LaunchError
 from simple_gpu_scheduler.model import events as ev
@@ -230,8 +229,7 @@ class Recorder:
 
     def look(self) -> None:
         if self.loop is not None:
-            queued = sum(1 for r in self.loop.state.records.values() if r.status == QUEUED)
-            self.most_queued = max(self.most_queued, queued)
+            self.most_queued = max(self.most_queued, self.loop.state.queued)
 
     def of(self, kind: type) -> List[ev.Event]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -302,7 +300,7 @@ def run_loop(
     retries: int = 0, signals: Sequence[Tuple[float, int]] = (),
     on_start: Optional[Dict[int, Callable[[FakeExecution], None]]] = None,
     on_clear: Optional[Dict[int, Callable[[FakeExecution], None]]] = None,
-    watchdog: float = WATCHDOG,
+    watchdog: float = WATCHDOG, setup: Optional[Callable[[Loop], None]] = None,
 ) -> Run:
     """Run a real `Loop` over `data` with fakes; `signals` are (seconds after the
     first job started, signum), posted to the loop as its signal handler would."""
@@ -317,6 +315,9 @@ def run_loop(
     pool = GpuPool(list(gpus), jobs_per_gpu)
     loop = Loop(settings or Settings(kill_grace=0.05), launcher, source, pool, recorder)
     recorder.loop = loop
+    if setup is not None:
+        setup(loop)  # e.g. timers that steer the run as a control client would
+
     def hung() -> None:
         raise Hung(f"the loop did not end within {watchdog}s")
 
