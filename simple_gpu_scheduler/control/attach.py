@@ -41,8 +41,20 @@ class Control:
         self.server.accept()
 
     def event(self, event: Event) -> None:
-        if self.handlers is not None:
+        if self.handlers is None:
+            return
+        try:
             self.handlers.event(event)
+        except Exception:
+            # A bug in answering clients must not stop the jobs: the run goes
+            # on, and the clients waiting see their connections close.
+            import os
+
+            if os.environ.get("SGS_DEBUG"):
+                raise
+            if self.server is not None:
+                for connection in self.server.all():
+                    connection.close()
 
     def close(self) -> None:
         """The run ends: answer what is owed, remove the socket."""

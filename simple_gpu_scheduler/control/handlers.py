@@ -76,6 +76,11 @@ class Handlers:
             connection.send(_error(f"{op}: {exc}"))
         except Refused as exc:
             connection.send(_error(str(exc)))
+        except Exception as exc:  # a bug of ours: it must cost the client, not the run
+            if os.environ.get("SGS_DEBUG"):
+                raise
+            connection.send(_error(f"{op}: internal error: {type(exc).__name__}: {exc} "
+                                   "(please report it)"))
 
     def closed(self, connection: Connection) -> None:
         self._waits.pop(connection, None)
