@@ -620,4 +620,4 @@ def wait_for_run(name: str, timeout: float = 10.0) -> Dict[str, Any]:
         client.close()
         return client.greeting
 
-    return poll_until(greeting, timeout, message=f"run {name} never answered on its socket")
+    return poll_until(greeting, timeout, what=f"run {name} to answer on its socket")

@@ -11,8 +11,9 @@ error (bad arguments, no live run or several, an unsafe control directory);
 130 Ctrl-C. Every error is one line on stderr, never a traceback.
 
 ``watch simple_gpu_scheduler status`` runs this every few seconds, so this
-module imports no engine, launcher, GPU or report code: argparse, json and
-socket, and the pure `model` helpers.
+module imports no engine, launcher or GPU code: argparse, json and socket,
+the pure `model` helpers, and of `report` only the status table's helpers
+(`report.status`, which imports nothing but `model`).
 """
 
 from __future__ import annotations

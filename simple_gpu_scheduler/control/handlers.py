@@ -128,9 +128,12 @@ class Handlers:
 
     def _add(self, connection: Connection, request: Dict[str, Any]) -> None:
         cwd = _string(request, "cwd")
+        if not os.path.isabs(cwd) or not _os_string(cwd):
+            raise BadRequest("'cwd' must be an absolute path (the submitter's directory)")
         env = request.get("env")
         if not isinstance(env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+                isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+                and _os_string(k) and _os_string(v) for k, v in env.items()):
             raise BadRequest("'env' must be an object of strings (the submitter's environment)")
         env = self._envs.shared(env)
         front = _flag(request, "front")
@@ -221,8 +224,8 @@ class Handlers:
         action = request.get("action")
         ids = request.get("ids")
         if not isinstance(ids, list) or not ids or not all(
-                isinstance(i, str) and i for i in ids):
-            raise BadRequest("'ids' must be a non-empty array of GPU ids (strings)")
+                isinstance(i, str) and i and i.isprintable() and _os_string(i) for i in ids):
+            raise BadRequest("'ids' must be a non-empty array of GPU ids (printable strings)")
         if action == "remove":
             killed = self.steering.remove_gpus(ids, kill=_flag(request, "kill"))
             reply: Dict[str, Any] = {"ok": True, "killed": killed}
@@ -233,6 +236,18 @@ class Handlers:
             raise BadRequest("'action' must be \"remove\" or \"add\"")
         reply["gpus"] = views.gpus(self.loop)
         connection.send(reply)
+
+
+def _os_string(text: str) -> bool:
+    """Whether `text` can be a path, a variable or an argument: no NUL, and
+    bytes behind it (a client's undecodable bytes arrive as surrogate escapes)."""
+    if "\0" in text:
+        return False
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _error(text: str) -> Dict[str, Any]:

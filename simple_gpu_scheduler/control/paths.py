@@ -66,6 +66,8 @@ def check_dir(path: str, create: bool) -> None:
 
     With `create` (a run) it is made, mode 0700, when missing; its parent must
     exist. Without (a client) a missing directory means no run is live."""
+    # "link/" makes lstat follow the link: the name itself is what is checked.
+    path = path.rstrip("/") or "/"
     if create:
         try:
             os.mkdir(path, 0o700)

@@ -47,8 +47,9 @@ UCRED = struct.Struct("3i")
 
 
 def encode(message: Dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogatepass") + b"\n"
+    # ASCII JSON: a lone surrogate (an id or a path a client sent us) travels
+    # as its \u escape, so that every reply is valid UTF-8 whatever it holds.
+    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 class Connection:
