@@ -184,7 +184,13 @@ class LogLines:
 
 
 def wait_lines(end: Dict[str, Any]) -> List[str]:
-    """The jobs that did not succeed, one line each, then a summary line."""
+    """The jobs that did not succeed, one line each, then a summary line; for
+    the whole run (``counts``), its counts."""
+    counts = end.get("counts")
+    if isinstance(counts, dict):
+        shown = [f"{counts.get(key, 0)} {key.replace('_', ' ')}"
+                 for key in ("succeeded", "failed", "not_started")]
+        return ["the run ended: " + ", ".join(shown)]
     jobs = end.get("jobs") or []
     lines = []
     for job in jobs:

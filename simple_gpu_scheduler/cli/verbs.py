@@ -294,7 +294,7 @@ def _setup_add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem", metavar="SIZE", help="GPU memory the job needs (12GiB)")
     parser.add_argument("--on", metavar="IDS", help="only these GPUs, comma-separated")
     parser.add_argument("--priority", type=int, metavar="P",
-                        help="higher starts first (default: 0)")
+                        help="lower starts first, among the queued jobs (default: 0)")
     parser.add_argument("--name", metavar="NAME", help="the job's name")
     parser.add_argument("--timeout", metavar="DURATION",
                         help="end an attempt after DURATION (90, 30s, 15m, 2h, 1d)")

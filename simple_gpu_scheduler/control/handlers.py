@@ -111,7 +111,7 @@ class Handlers:
                 state = self.loop.state
                 connection.send({
                     "end": True, "succeeded": self.loop.exit_status() == 0,
-                    "counts": views.counts(state), "jobs": []})
+                    "counts": views.counts(state)})
                 del self._waits[connection]
 
     # --- views ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .wire import output_field
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
     from ..engine.loop import Loop
     from ..launch.keeper import Chunk, OutputKeeper
@@ -43,6 +43,9 @@ FOLLOW_EVERY = 0.25
 CHUNK = 64 * 1024
 #: Bytes that may wait for a client before more of a file is read for it.
 BACKLOG = 1024 * 1024
+#: Seconds a follower waits, after its job is done, for the job's streams to
+#: close (something the job left behind may hold them open).
+OUTPUT_PATIENCE = 2.0
 
 NOT_KEPT = ("job output goes straight to the scheduler's stdout and is not kept; start the "
             "run with --tag (the last 256 KiB of each job is kept) or --log-dir DIR (every "
@@ -144,7 +147,8 @@ class LogSessions:
                 target.offsets = [_tail_offset(path, lines) for path in files]
             return
         assert self.keeper is not None
-        chunks = self.keeper.follow(job_id, on=session.follow)
+        # A look without follow changes nobody's follow of the job.
+        chunks = self.keeper.follow(job_id, on=True if session.follow else None)
         if session.follow:
             self._followers.setdefault(job_id, set()).add(session)
         if lines is not None:
@@ -161,20 +165,36 @@ class LogSessions:
                 self._add(session, job.id, job.name, None)
 
     def done(self, job_id: int) -> None:
+        state = self._state_of(job_id)
+        keeper = self.keeper
         for session in list(self._sessions.values()):
             target = session.targets.get(job_id)
-            if target is not None and session.follow and not target.ended:
-                self._ended(session, target, self._state_of(job_id))
-        if self.keeper is not None:
-            self.keeper.job_done(job_id)
+            if target is None or not session.follow or target.ended:
+                continue
+            if keeper is None:
+                self._ended(session, target, state)
+                continue
+            # What the job printed last may still be on its way from the
+            # copier: say it ended once its streams are closed (or soon).
+            target.state = state
+            end = self._ender(session, target)
+            if keeper.streams_open(job_id):
+                self.loop.call_at(self.loop.clock() + OUTPUT_PATIENCE, end)
+            else:
+                # Closed already: its last chunks are in the loop's queue of
+                # posted calls, and this goes in after them.
+                self.loop.call_soon_threadsafe(end)
+        if keeper is not None:
+            keeper.job_done(job_id)
 
     def run_ended(self) -> None:
         for session in list(self._sessions.values()):
             if session.follow:
                 session.every = False
-                for target in session.targets.values():
+                for target in list(session.targets.values()):
                     if not target.ended:
-                        self._ended(session, target, self._state_of(target.job_id))
+                        self._ended(session, target,
+                                    target.state or self._state_of(target.job_id))
                 if self.files is not None:
                     self._pump(session, final=True)
 
@@ -196,7 +216,12 @@ class LogSessions:
         row = views.finished_row(self.loop.state, job_id)
         return row.state if row is not None else None
 
+    def _ender(self, session: _Session, target: _Target) -> Callable[[], None]:
+        return lambda: self._ended(session, target, target.state)
+
     def _ended(self, session: _Session, target: _Target, state: Optional[str]) -> None:
+        if target.ended or session.connection.closed:
+            return
         target.ended = True
         target.state = state
         if target.files is None:  # kept output: every chunk before this was sent
@@ -226,6 +251,11 @@ class LogSessions:
 
     def _chunk(self, job_id: int, stream: str, data: bytes) -> None:
         for session in list(self._followers.get(job_id, ())):
+            if stream == "closed":
+                target = session.targets.get(job_id)
+                if target is not None and target.state is not None:
+                    self._ended(session, target, target.state)  # it is done: say so
+                continue
             session.connection.send({"id": job_id, "stream": stream, **output_field(data)})
 
     def _pump(self, session: _Session, final: bool = False) -> None:

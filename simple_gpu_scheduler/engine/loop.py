@@ -176,6 +176,10 @@ class Loop:
                 if self.gate is not None:
                     self.gate.close()
             self.launcher.finish()
+            # What helper threads posted last (the output a `log -f` client
+            # follows, copied as the jobs ended) is handed on before the end.
+            while self._soon:
+                self._soon.popleft()()
             self.emit(ev.RunEnded(self.state.snapshot(), tuple(self.state.failed_ids),
                                   stopped=self.stop_level > 0))
         finally:

@@ -138,6 +138,8 @@ class Copy:
         return False
 
     def _end(self) -> None:
+        if self._tap is not None:
+            self._tap(b"")  # the stream has ended
         os.close(self.source)
         if self._file is not None:
             os.close(self._file)

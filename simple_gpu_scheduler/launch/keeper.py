@@ -11,7 +11,10 @@ A follower (``log -f``) registers with `follow`, which returns what is kept
 and, under the same lock, makes every later chunk of that job go to the
 keeper's `listener` too: nothing is lost or sent twice between the two.
 The listener is called on the copier's thread; it must only hand the chunk
-over to the engine's thread (`call_soon_threadsafe`).
+over to the engine's thread (`call_soon_threadsafe`). When the last of a
+followed job's streams ends, the listener gets ``(job id, "closed", b"")``:
+a job is known to have ended at its shell's exit, and what it printed just
+before may still be on its way (`streams_open`).
 
 Output that goes straight to our stdout (the default) is never seen here;
 nor is ``--log-dir``'s, whose files hold it all.
@@ -24,7 +27,7 @@ from collections import OrderedDict, deque
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Deque, List, Optional, Set, Tuple
+    from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
     Chunk = Tuple[str, bytes]  # ("out" or "err", bytes)
 
@@ -65,6 +68,8 @@ class OutputKeeper:
         self._jobs: OrderedDict[int, _Kept] = OrderedDict()
         self._running: Set[int] = set()
         self._followed: Set[int] = set()
+        #: job id -> its streams not ended yet
+        self._open: Dict[int, int] = {}
         #: gets (job id, stream, bytes) of followed jobs, on the copier's thread
         self.listener: Optional[Callable[[int, str, bytes], None]] = None
 
@@ -74,14 +79,26 @@ class OutputKeeper:
             if job_id not in self._jobs:
                 self._jobs[job_id] = _Kept()
             self._running.add(job_id)
+            self._open[job_id] = self._open.get(job_id, 0) + 1
 
         def tapped(data: bytes) -> None:
+            # An empty chunk: the stream has ended (`copier.Copy` says so).
             with self._lock:
+                followed = job_id in self._followed and self.listener is not None
+                if not data:
+                    left = self._open.get(job_id, 1) - 1
+                    if left > 0:
+                        self._open[job_id] = left
+                        return
+                    self._open.pop(job_id, None)
+                    if followed:
+                        self.listener(job_id, "closed", b"")  # type: ignore[misc]
+                    return
                 kept = self._jobs.get(job_id)
                 if kept is not None:
                     kept.add(stream, data)
-                if job_id in self._followed and self.listener is not None:
-                    self.listener(job_id, stream, data)
+                if followed:
+                    self.listener(job_id, stream, data)  # type: ignore[misc]
 
         return tapped
 
@@ -89,13 +106,17 @@ class OutputKeeper:
         with self._lock:
             return job_id in self._jobs
 
-    def follow(self, job_id: int, on: bool = True) -> List[Chunk]:
-        """What is kept of `job_id`; with `on`, later chunks go to `listener`
-        (with `on` False, they stop going there)."""
+    def streams_open(self, job_id: int) -> bool:
+        with self._lock:
+            return job_id in self._open
+
+    def follow(self, job_id: int, on: Optional[bool] = True) -> List[Chunk]:
+        """What is kept of `job_id`; with `on` True, later chunks go to
+        `listener`, with False they stop going there, with None nothing changes."""
         with self._lock:
             if on:
                 self._followed.add(job_id)
-            else:
+            elif on is False:
                 self._followed.discard(job_id)
             kept = self._jobs.get(job_id)
             return list(kept.chunks) if kept is not None else []
