@@ -37,3 +37,10 @@ class ExitCode:
     @staticmethod
     def for_signal(signum: int) -> int:
         return ExitCode.SIGNAL_BASE + signum
+
+
+def internal_error(prog: str, exc: Exception) -> str:
+    """The one line a bug of ours gets instead of a traceback (re-raised
+    instead when ``SGS_DEBUG`` is set, by the caller)."""
+    return (f"{prog}: internal error: {type(exc).__name__}: {exc} "
+            "(SGS_DEBUG=1 shows the traceback; please report it)")

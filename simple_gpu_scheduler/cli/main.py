@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .gpu_options import GpuPlan
 
 from .. import __version__
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, UsageError, internal_error
 from . import argtypes
 
 EXAMPLES = """\
@@ -207,7 +207,8 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
         help="directory of the control sockets, mode 0700 (default: $SGS_CONTROL_DIR, "
         "else $XDG_RUNTIME_DIR/simple_gpu_scheduler, else /tmp/simple_gpu_scheduler-UID)")
     group.add_argument("--no-control", action="store_true",
-                       help="no control socket: the client verbs cannot see this run")
+                       help="no control socket: the client verbs cannot see this run "
+                       "(--name, --control-dir and --serve need the socket)")
     group.add_argument(
         "--serve", action="store_true",
         help="keep running after stdin has ended, taking jobs from add, until drain, "
@@ -266,8 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # a bug of ours: still one line, not a traceback
         if os.environ.get("SGS_DEBUG"):
             raise
-        _say(f"simple_gpu_scheduler: internal error: {type(exc).__name__}: {exc} "
-             "(SGS_DEBUG=1 shows the traceback; please report it)")
+        _say(internal_error("simple_gpu_scheduler", exc))
         return ExitCode.FAILED
 
 

@@ -25,7 +25,7 @@ import sys
 
 from ..control.client import Connection, ControlError, find_run
 from ..control.paths import control_dir, live_runs
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, UsageError, internal_error
 from ..report.status import terminal_width
 from . import argtypes
 from .verb_output import LogLines, gpu_lines, ls_footer, ls_lines, status_text, wait_lines
@@ -85,8 +85,7 @@ def run_verb(verb: str, argv: List[str]) -> int:
     except Exception as exc:  # a bug of ours: still one line, not a traceback
         if os.environ.get("SGS_DEBUG"):
             raise
-        _say(f"{prog}: internal error: {type(exc).__name__}: {exc} "
-             "(SGS_DEBUG=1 shows the traceback; please report it)")
+        _say(internal_error(prog, exc))
         return ExitCode.FAILED
 
 

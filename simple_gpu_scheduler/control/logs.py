@@ -29,13 +29,15 @@ from .wire import output_field
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
     from ..engine.loop import Loop
     from ..launch.keeper import Chunk, OutputKeeper
     from ..launch.streams import OutputMode
     from ..model.jobs import Job
     from .server import Connection
+
+    T = TypeVar("T")
 
 #: Seconds between two looks at a followed log file.
 FOLLOW_EVERY = 0.25
@@ -312,6 +314,26 @@ def _read(path: str, offset: int) -> bytes:
         os.close(fd)
 
 
+def _last_lines(blocks: Iterable[Tuple[bytes, T]], lines: int) -> Optional[Tuple[T, int]]:
+    """Where the last `lines` lines of a text begin: `blocks` are its pieces
+    from the last to the first, each with a tag; the answer is the tag of
+    the piece and the index in it, or None when the whole text is fewer
+    lines. The text's own last newline ends its last line, no more."""
+    seen = 0
+    first = True
+    for block, tag in blocks:
+        index = len(block) - 1 if first and block.endswith(b"\n") else len(block)
+        first = False
+        while True:
+            index = block.rfind(b"\n", 0, index)
+            if index < 0:
+                break
+            seen += 1
+            if seen == lines:
+                return tag, index + 1
+    return None
+
+
 def _tail_offset(path: str, lines: int) -> int:
     """Where the last `lines` lines of the file at `path` begin."""
     try:
@@ -322,23 +344,16 @@ def _tail_offset(path: str, lines: int) -> int:
         end = os.fstat(fd).st_size
         if lines == 0:
             return end
-        position = end
-        seen = 0
-        while position > 0:
-            start = max(0, position - CHUNK)
-            block = os.pread(fd, position - start, start)
-            if position == end and block.endswith(b"\n"):
-                block = block[:-1]  # the last line's own newline
-            index = len(block)
-            while True:
-                index = block.rfind(b"\n", 0, index)
-                if index < 0:
-                    break
-                seen += 1
-                if seen == lines:
-                    return start + index + 1
-            position = start
-        return 0
+
+        def blocks() -> Iterator[Tuple[bytes, int]]:
+            position = end
+            while position > 0:
+                start = max(0, position - CHUNK)
+                yield os.pread(fd, position - start, start), start
+                position = start
+
+        found = _last_lines(blocks(), lines)
+        return 0 if found is None else found[0] + found[1]
     except OSError:
         return 0
     finally:
@@ -349,17 +364,9 @@ def _tail_chunks(chunks: List[Chunk], lines: int) -> List[Chunk]:
     """The part of `chunks` that holds their last `lines` lines."""
     if lines == 0:
         return []
-    seen = 0
-    for i in range(len(chunks) - 1, -1, -1):
-        stream, data = chunks[i]
-        if i == len(chunks) - 1 and data.endswith(b"\n"):
-            data = data[:-1]
-        index = len(data)
-        while True:
-            index = data.rfind(b"\n", 0, index)
-            if index < 0:
-                break
-            seen += 1
-            if seen == lines:
-                return [(stream, chunks[i][1][index + 1:])] + chunks[i + 1:]
-    return chunks
+    found = _last_lines(((data, i) for i, (_, data) in reversed(list(enumerate(chunks)))),
+                        lines)
+    if found is None:
+        return chunks
+    i, index = found
+    return [(chunks[i][0], chunks[i][1][index:])] + chunks[i + 1:]
