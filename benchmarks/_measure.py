@@ -1,4 +1,7 @@
-"""Single measurements: one timed run, one long-stream run (W3), one idle run (W4)."""
+"""Single measurements: one timed run, one long-stream run (W3), one idle run (W4).
+
+Also the /proc readers (VmHWM, VmRSS, CPU seconds, threads) that W3, W4 and W7 use.
+"""
 
 from __future__ import annotations
 
@@ -98,6 +101,18 @@ def vm_hwm(pid: int) -> Optional[int]:
     return None
 
 
+def vm_rss(pid: int) -> Optional[int]:
+    """Current resident set size (VmRSS) of a live process in bytes, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def cpu_seconds(pid: int) -> Optional[float]:
     """User + system CPU seconds of a live process (all its threads), or None."""
     try:
@@ -107,6 +122,24 @@ def cpu_seconds(pid: int) -> Optional[float]:
         return None
     fields = text[text.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def cpu_ns(pid: int) -> Optional[int]:
+    """Nanoseconds on a CPU of a live process, all its threads (/proc/PID/task/*/schedstat).
+
+    Far finer than `cpu_seconds` (clock ticks): W7 divides it by a thousand requests."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total
 
 
 def threads(pid: int) -> Optional[int]:

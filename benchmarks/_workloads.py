@@ -1,4 +1,5 @@
-"""The timed workloads (W1, W2, W5, W6) and what every workload shares.
+"""The timed workloads (W1, W2, W5, W6) and what every workload shares (W3, W4 and W7
+live in `_scheduler_workloads` and `_queue_workload`).
 
 Each workload runs its variants interleaved and returns a report `Section`.
 """
@@ -31,13 +32,29 @@ class Config:
     w4_warmup: float = 1.0
     w4_idle: float = 10.0
     w5_reps: int = 20
+    #: W7 (see `_queue_workload`): jobs queued before the timed adds, the timed adds,
+    #: the CLI sample at each end of them, the empty-queue reference (socket adds,
+    #: CLI adds), repetitions of the queries, of cancel, and of kill -> next start.
+    w7_prefill: int = 100_000
+    w7_adds: int = 10_000
+    w7_sample: int = 1_000
+    w7_empty: int = 1_000
+    w7_empty_cli: int = 200
+    w7_status: int = 20
+    w7_ls: int = 5
+    w7_cancels: int = 20
+    w7_kills: int = 5
+    w7_idle: float = 5.0
     timeout: float = 600.0
 
     @classmethod
     def quick(cls, repeat: int = 2) -> "Config":
         """Tiny sizes: the whole run takes seconds."""
         return cls(repeat=repeat, w1_jobs=50, w2_jobs=16, w3_lines=(10_000, 100_000),
-                   w3_first_job=1.0, w4_warmup=0.3, w4_idle=1.0, w5_reps=3, timeout=60.0)
+                   w3_first_job=1.0, w4_warmup=0.3, w4_idle=1.0, w5_reps=3,
+                   w7_prefill=2_000, w7_adds=400, w7_sample=50, w7_empty=100,
+                   w7_empty_cli=20, w7_status=3, w7_ls=2, w7_cancels=5, w7_kills=2,
+                   w7_idle=1.0, timeout=60.0)
 
 
 @dataclass

@@ -34,6 +34,9 @@ are measured the same way. A tool that cannot be found or installed is skipped
 with a note in the output; so is one that fails a pre-flight check (8 jobs that
 print their CUDA_VISIBLE_DEVICES, each a valid slot).
 
+W7 (a long queue of jobs added to a `--serve` run) compares ours with task-spooler
+(`tsp`), not with the tools above: see `_queue_workload.py`.
+
 The targets of the issue are checked for our scheduler and listed at the end.
 They were set for a 2-core machine.
 """
@@ -50,13 +53,14 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _queue_workload import w7_queue  # noqa: E402
 from _report import load_average, machine_lines, targets_section  # noqa: E402
 from _scheduler_workloads import w3_stream, w4_idle  # noqa: E402
 from _tools import ALL_TOOLS, ORIG_SPEC, discover, parse_tools  # noqa: E402
 from _workloads import Bench, Config, w1_throughput, w2_dispatch, w5_one_job, w6_features  # noqa: E402
 
 WORKLOADS = {"W1": w1_throughput, "W2": w2_dispatch, "W3": w3_stream, "W4": w4_idle,
-             "W5": w5_one_job, "W6": w6_features}
+             "W5": w5_one_job, "W6": w6_features, "W7": w7_queue}
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VENVS = Path(tempfile.gettempdir()) / "simple_gpu_scheduler-bench-venvs"
@@ -67,10 +71,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
         description="Compare simple_gpu_scheduler with xargs -P, GNU parallel and the "
-        "original 0.1.4 on six workloads; print markdown tables (median, min, max, ratios).",
+        "original 0.1.4 on seven workloads; print markdown tables (median, min, max, ratios).",
         epilog="Workloads: W1 throughput, W2 dispatch, W3 memory on a long stream + SIGINT, "
-        "W4 idle CPU, W5 one job, W6 --tag/--joblog. Tools: xargs, parallel, orig (0.1.4), "
-        "ours.")
+        "W4 idle CPU, W5 one job, W6 --tag/--joblog, W7 a long queue of added jobs (ours "
+        "and task-spooler's tsp, when installed, whatever --tools says). Tools: xargs, "
+        "parallel, orig (0.1.4), ours.")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds, not minutes): a smoke test, not a measurement")
     p.add_argument("--tools", default=",".join(ALL_TOOLS),

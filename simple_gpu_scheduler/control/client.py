@@ -104,7 +104,12 @@ class Connection:
         except socket.timeout:
             raise ControlError("the run does not read our request") from None
         except OSError as exc:
-            raise ControlError(f"the run ended ({exc.strerror or exc})") from None
+            # The run may have answered before it closed (a request it would
+            # not read, over 1 MiB): that answer says more than EPIPE does.
+            try:
+                return self._read(eof="")
+            except (ControlError, OSError):
+                raise ControlError(f"the run ended ({exc.strerror or exc})") from None
         return self._read(eof="the run ended before it answered")
 
     def replies(self) -> Iterator[Dict[str, Any]]:

@@ -75,12 +75,19 @@ class Connection:
         return len(self._out)
 
     def send(self, message: Dict[str, Any]) -> None:
+        self.send_line(encode(message)[:-1])
+
+    def send_line(self, line: bytes) -> None:
+        """One line already encoded (ASCII JSON, without its newline)."""
         if self.closed:
             return
-        self._out += encode(message)
         if len(self._out) > MAX_PENDING:
-            self.close()  # it does not read: drop it rather than hold it all
+            # It has not read what waits already: drop it rather than hold
+            # more. (One long reply, an `ls` of a million jobs, is not that.)
+            self.close()
             return
+        self._out += line
+        self._out += b"\n"
         self._flush()
 
     def finish(self) -> None:

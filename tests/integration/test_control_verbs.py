@@ -456,6 +456,28 @@ def test_add_rejections_add_nothing(start: Starter) -> None:
     assert run.drain() == 0
 
 
+def test_a_long_jsonl_input_is_added_in_batches(start: Starter) -> None:
+    """More lines than one request may hold (the server takes 1 MiB): the verb
+    sends batches; each is all or nothing, and a refused one says which ids
+    the batches before it added."""
+    run = start("--gpus", "0")
+    run.ok("pause")
+    lines = "".join(f'{{"cmd": "echo {i}"}}\n' for i in range(60000))
+    ids = [int(x) for x in run.ok("add", "--jsonl", input=lines).split()]
+    assert ids == list(range(ids[0], ids[0] + 60000))
+    assert len(run.queued()) == 60000
+
+    bad = "".join(f'{{"cmd": "echo {i}"}}\n' for i in range(9000)) + "not json\n"
+    done = run.verb("add", "--jsonl", input=bad)
+    assert done.returncode == 1, done.stderr
+    added = [int(x) for x in done.stdout.split()]
+    assert added and added[0] == ids[-1] + 1 and len(added) < 9000
+    assert f"jobs {added[0]}-{added[-1]}" in one_line(done.stderr)
+    assert len(run.queued()) == 60000 + len(added)
+    run.ok("cancel", *map(str, ids[:3]))
+    assert run.drain() == 1  # cancelled and unstarted jobs: not all done
+
+
 def test_add_a_command_that_is_not_utf8(start: Starter, tmp_path: Path) -> None:
     run = start("--gpus", "0")
     name = b"f\xff\xfe.txt"

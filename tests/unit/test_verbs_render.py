@@ -319,3 +319,20 @@ def test_the_command_line_dispatches_exactly_the_client_verbs() -> None:
     from simple_gpu_scheduler.cli.main import VERBS as DISPATCHED
 
     assert DISPATCHED == VERBS
+
+
+def test_a_long_jsonl_input_goes_in_batches_in_order() -> None:
+    import json
+
+    from simple_gpu_scheduler.cli.verbs import BATCH, add_batches
+
+    lines = [json.dumps({"cmd": f"echo {i}"}) for i in range(20000)]
+    request = {"op": "add", "cwd": "/", "env": {}, "front": False, "lines": lines}
+    batches = list(add_batches(request))
+    assert len(batches) > 1
+    assert [line for b in batches for line in b["lines"]] == lines
+    for batch in batches:
+        assert len(json.dumps(batch["lines"], separators=(",", ":"))) <= BATCH + 2
+        assert batch["cwd"] == "/" and batch["op"] == "add"
+    one = {"op": "add", "cwd": "/", "env": {}, "front": False, "jobs": [{"cmd": "true"}]}
+    assert list(add_batches(one)) == [one]
