@@ -378,6 +378,17 @@ def _run(
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
                            status_width=_status_width)
     listeners: List[Listener] = [report]
+    keeper = getattr(output, "keeper", None)
+    if keeper is not None:
+        from ..model.events import JobDone
+
+        def kept(event: Event) -> None:
+            # From the start, clients or not: a done job's output joins the
+            # finished ones', of which only the latest are kept.
+            if type(event) is JobDone:
+                keeper.job_done(event.job.id)
+
+        listeners.append(kept)
 
     def listener(event: Event) -> None:
         for each in listeners:
@@ -454,7 +465,9 @@ def _control(args: argparse.Namespace, loop: Loop, plan: GpuPlan, output: Output
         keeper = getattr(output, "keeper", None)
         return Handlers(loop, steering, name, defaults, output, keeper)
 
-    return Control(listener, loop, make_handlers)
+    from ..model.events import Notice
+
+    return Control(listener, loop, make_handlers, lambda text: loop.emit(Notice(text, 1)))
 
 
 def _status_width() -> Optional[int]:

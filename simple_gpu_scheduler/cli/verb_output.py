@@ -148,7 +148,7 @@ def ls_footer(forgotten: int) -> Optional[str]:
     if forgotten <= 0:
         return None
     return (f"({forgotten} older finished job{'s' if forgotten != 1 else ''} not listed: "
-            "a run keeps the latest 100,000)")
+            "a run keeps the latest 100,000, fewer for long commands)")
 
 
 class LogLines:

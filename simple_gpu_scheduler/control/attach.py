@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 class Control:
     def __init__(self, listener: Listener, loop: Loop,
-                 make_handlers: Callable[[], Handlers]) -> None:
+                 make_handlers: Callable[[], Handlers],
+                 say: Callable[[str], None] = lambda text: None) -> None:
         self.listener = listener
+        #: tells the user the control socket failed (the run goes on without it)
+        self._say = say
         self._loop = loop
         self._make_handlers = make_handlers
         self.handlers: Optional[Handlers] = None
@@ -33,12 +36,24 @@ class Control:
         loop.add_reader(self._fd, self._first_client)
 
     def _first_client(self) -> None:
-        from .server import ControlServer
-
         self._loop.remove_reader(self._fd)
-        self.handlers = self._make_handlers()
-        self.server = ControlServer(self.listener, self._loop, self.handlers)
-        self.server.accept()
+        try:
+            from .server import ControlServer
+
+            self.handlers = self._make_handlers()
+            self.server = ControlServer(self.listener, self._loop, self.handlers)
+            self.server.accept()
+        except Exception as exc:
+            # Say, a package upgraded under a long run: its modules no longer
+            # load. The jobs matter more than the socket: it goes, they go on.
+            import os
+
+            if os.environ.get("SGS_DEBUG"):
+                raise
+            self.handlers = self.server = None
+            self.listener.close()
+            self._say(f"the control socket failed and is closed ({type(exc).__name__}: "
+                      f"{exc}); the run goes on")
 
     def event(self, event: Event) -> None:
         if self.handlers is None:

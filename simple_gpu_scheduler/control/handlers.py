@@ -112,11 +112,10 @@ class Handlers:
         self.logs.run_ended()
         for connection, waiting in list(self._waits.items()):
             if waiting is None:
-                state = self.loop.state
+                del self._waits[connection]  # first: sending may close it
                 connection.send({
                     "end": True, "succeeded": self.loop.exit_status() == 0,
-                    "counts": views.counts(state)})
-                del self._waits[connection]
+                    "counts": views.counts(self.loop.state)})
 
     # --- views ----------------------------------------------------------------------
 
@@ -132,6 +131,7 @@ class Handlers:
         items = views.listing(self.loop)
         head = f'{{"ok":true,"forgotten":{self.loop.state.forgotten},"jobs":['.encode()
         parts: List[str] = []
+        connection.hold()
 
         def step(start: int) -> None:
             if connection.closed:
@@ -139,11 +139,13 @@ class Handlers:
             end = min(len(items), start + LS_BATCH)
             now = self.loop.clock()
             rows = [views.job(item, now) for item in items[start:end]]
-            parts.append(json.dumps(rows, separators=(",", ":"))[1:-1])  # without [ ]
+            if rows:
+                parts.append(json.dumps(rows, separators=(",", ":"))[1:-1])  # without [ ]
             if end < len(items):
-                self.loop.call_soon_threadsafe(lambda: step(end))
+                self.loop.call_soon_threadsafe(connection.guard(lambda: step(end)))
                 return
             connection.send_line(head + ",".join(parts).encode("ascii") + b"]}")
+            connection.release()
 
         step(0)
 

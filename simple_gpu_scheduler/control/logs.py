@@ -21,6 +21,7 @@ A client that reads slowly is fed only as its connection drains (at most
 from __future__ import annotations
 
 import os
+import stat
 
 from ..engine.steering import Refused
 from ..launch.streams import LogDir
@@ -45,6 +46,10 @@ FOLLOW_EVERY = 0.25
 CHUNK = 64 * 1024
 #: Bytes that may wait for a client before more of a file is read for it.
 BACKLOG = 1024 * 1024
+#: Bytes of log files sent to one client in one turn of the engine's loop.
+PUMP_BUDGET = 1024 * 1024
+#: The most bytes `log -n N` reads back from a file's end to find N lines.
+TAIL_SCAN = 16 * 1024 * 1024
 #: Seconds a follower waits, after its job is done, for the job's streams to
 #: close (something the job left behind may hold them open).
 OUTPUT_PATIENCE = 2.0
@@ -57,12 +62,14 @@ NOT_KEPT = ("job output goes straight to the scheduler's stdout and is not kept;
 class _Target:
     """One followed job: its files and how far they have been sent."""
 
-    __slots__ = ("job_id", "files", "offsets", "ended", "state")
+    __slots__ = ("job_id", "files", "offsets", "ended", "state", "seen")
 
     def __init__(self, job_id: int, files: Optional[Tuple[str, str]]) -> None:
         self.job_id = job_id
         self.files = files
         self.offsets = [0, 0]
+        #: the number of the last kept chunk this follower has had (`keeper`)
+        self.seen = 0
         #: done for good: once its files are sent to their end, say so
         self.ended = False
         self.state: Optional[str] = None
@@ -150,7 +157,7 @@ class LogSessions:
             return
         assert self.keeper is not None
         # A look without follow changes nobody's follow of the job.
-        chunks = self.keeper.follow(job_id, on=True if session.follow else None)
+        chunks, target.seen = self.keeper.follow(job_id, on=True if session.follow else None)
         if session.follow:
             self._followers.setdefault(job_id, set()).add(session)
         if lines is not None:
@@ -186,8 +193,6 @@ class LogSessions:
                 # Closed already: its last chunks are in the loop's queue of
                 # posted calls, and this goes in after them.
                 self.loop.call_soon_threadsafe(end)
-        if keeper is not None:
-            keeper.job_done(job_id)
 
     def run_ended(self) -> None:
         for session in list(self._sessions.values()):
@@ -199,6 +204,8 @@ class LogSessions:
                                     target.state or self._state_of(target.job_id))
                 if self.files is not None:
                     self._pump(session, final=True)
+                elif not session.connection.closed and session.connection in self._sessions:
+                    self._maybe_end(session)  # every job had ended: the end, said now
 
     def closed(self, connection: Connection) -> None:
         session = self._sessions.pop(connection, None)
@@ -247,17 +254,22 @@ class LogSessions:
             if self.keeper is not None:
                 self.keeper.follow(job_id, on=False)
 
-    def _from_copier(self, job_id: int, stream: str, data: bytes) -> None:
+    def _from_copier(self, job_id: int, stream: str, data: bytes, seq: int) -> None:
         # On the copier's thread: hand over, act on the engine's.
-        self.loop.call_soon_threadsafe(lambda: self._chunk(job_id, stream, data))
+        self.loop.call_soon_threadsafe(lambda: self._chunk(job_id, stream, data, seq))
 
-    def _chunk(self, job_id: int, stream: str, data: bytes) -> None:
+    def _chunk(self, job_id: int, stream: str, data: bytes, seq: int) -> None:
         for session in list(self._followers.get(job_id, ())):
+            target = session.targets.get(job_id)
+            if target is None:
+                continue
             if stream == "closed":
-                target = session.targets.get(job_id)
-                if target is not None and target.state is not None:
+                if target.state is not None:
                     self._ended(session, target, target.state)  # it is done: say so
                 continue
+            if seq <= target.seen:
+                continue  # it had this one already, in what was kept when it came
+            target.seen = seq
             session.connection.send({"id": job_id, "stream": stream, **output_field(data)})
 
     def _pump(self, session: _Session, final: bool = False) -> None:
@@ -269,18 +281,22 @@ class LogSessions:
         if connection.closed:
             return
         backed_up = False
+        budget = PUMP_BUDGET  # a 10 GB log is sent over many turns, not in one
         for target in list(session.targets.values()):
             if target.files is None:
                 continue
             for n, stream in enumerate(("out", "err")):
                 while True:
-                    if connection.pending >= BACKLOG:
+                    if connection.closed:
+                        return
+                    if connection.pending >= BACKLOG or budget <= 0:
                         backed_up = True
                         break
                     data = _read(target.files[n], target.offsets[n])
                     if not data:
                         break
                     target.offsets[n] += len(data)
+                    budget -= len(data)
                     connection.send({"id": target.job_id, "stream": stream,
                                      **output_field(data)})
             if backed_up:
@@ -289,7 +305,11 @@ class LogSessions:
                 connection.send({"ended": target.job_id, "state": target.state})
                 target.state = "sent"
         if backed_up:
-            connection.on_drained = lambda: self._pump(session)
+            if connection.pending >= BACKLOG:
+                connection.on_drained = connection.guard(lambda: self._pump(session))
+            else:  # the budget is spent: go on next turn, after what else is ready
+                session.timer = self.loop.call_at(
+                    self.loop.clock(), connection.guard(lambda: self._pump(session)))
             return
         if not session.follow or (not session.every and all(
                 t.ended for t in session.targets.values())):
@@ -298,14 +318,30 @@ class LogSessions:
             return
         if not final:
             session.timer = self.loop.call_at(self.loop.clock() + FOLLOW_EVERY,
-                                              lambda: self._pump(session))
+                                              connection.guard(lambda: self._pump(session)))
+
+
+def _open_log(path: str) -> int:
+    """The log file at `path` for reading, or -1: not there (yet), or not a
+    regular file (a job that made its log a link to /dev/zero, or to a file
+    of someone else's, gets nothing read through it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return -1
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
 
 
 def _read(path: str, offset: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return b""  # not there yet (a queued job), or gone
+    fd = _open_log(path)
+    if fd < 0:
+        return b""
     try:
         return os.pread(fd, CHUNK, offset)
     except OSError:
@@ -335,10 +371,11 @@ def _last_lines(blocks: Iterable[Tuple[bytes, T]], lines: int) -> Optional[Tuple
 
 
 def _tail_offset(path: str, lines: int) -> int:
-    """Where the last `lines` lines of the file at `path` begin."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    """Where the last `lines` lines of the file at `path` begin: looked for
+    in its last `TAIL_SCAN` bytes at most (a progress bar's log of ``\r`` and
+    no newline would be read whole otherwise, on the engine's thread)."""
+    fd = _open_log(path)
+    if fd < 0:
         return 0
     try:
         end = os.fstat(fd).st_size
@@ -347,13 +384,13 @@ def _tail_offset(path: str, lines: int) -> int:
 
         def blocks() -> Iterator[Tuple[bytes, int]]:
             position = end
-            while position > 0:
+            while position > max(0, end - TAIL_SCAN):
                 start = max(0, position - CHUNK)
                 yield os.pread(fd, position - start, start), start
                 position = start
 
         found = _last_lines(blocks(), lines)
-        return 0 if found is None else found[0] + found[1]
+        return max(0, end - TAIL_SCAN) if found is None else found[0] + found[1]
     except OSError:
         return 0
     finally:

@@ -42,6 +42,11 @@ MAX_REQUEST = 1024 * 1024
 MAX_PENDING = 64 * 1024 * 1024
 #: Bytes read from a client at once.
 READ = 64 * 1024
+#: Clients connected at once; more are refused with a reply (descriptors are
+#: what the jobs' pipes and log files need).
+MAX_CONNECTIONS = 128
+#: Seconds to wait before accepting again when we ran out of descriptors.
+ACCEPT_PAUSE = 0.5
 #: ``struct ucred``: pid, uid, gid.
 UCRED = struct.Struct("3i")
 
@@ -62,6 +67,7 @@ class Connection:
         self._in = bytearray()
         self._out = bytearray()
         self._writing = False
+        self._held = False
         self.closed = False
         #: close once what is pending has been written
         self._closing = False
@@ -131,7 +137,37 @@ class Connection:
             self.close()  # the client is gone (or sent all it will)
             return
         self._in += data
-        while not self.closed and not self._closing:
+        self._take_requests()
+
+    def hold(self) -> None:
+        """A reply is being made over several turns (`ls`): read nothing more
+        from this client, and take none of its requests, until `release`. One
+        request in flight per client: a thousand pipelined `ls` cost one at a
+        time, and replies keep their order."""
+        if not self._held and not self.closed:
+            self._held = True
+            self.server.reactor.remove_reader(self.fd)
+
+    def release(self) -> None:
+        if self._held and not self.closed:
+            self._held = False
+            self.server.reactor.add_reader(self.fd, self.guard(self.readable))
+            self._take_requests()
+
+    def guard(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`callback` for the engine's loop: a bug in it costs this client (its
+        connection closes), never the run."""
+        def guarded() -> None:
+            try:
+                callback()
+            except Exception:
+                if os.environ.get("SGS_DEBUG"):
+                    raise
+                self.close()
+        return guarded
+
+    def _take_requests(self) -> None:
+        while not self.closed and not self._closing and not self._held:
             end = self._in.find(b"\n")
             if end < 0:
                 if len(self._in) > MAX_REQUEST:
@@ -184,7 +220,7 @@ class Connection:
         if want != self._writing:
             self._writing = want
             if want:
-                self.server.reactor.add_writer(self.fd, self.writable)
+                self.server.reactor.add_writer(self.fd, self.guard(self.writable))
             else:
                 self.server.reactor.remove_writer(self.fd)
         if not self._out:
@@ -215,21 +251,39 @@ class ControlServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return  # out of descriptors: the client waits in the backlog
+                    # Out of descriptors: the socket stays readable, so look
+                    # again in a while rather than spin; clients wait in the backlog.
+                    self._pause_accepting()
+                    return
                 continue  # the client went away before we took it (ECONNABORTED)
             sock.setblocking(False)
+            refusal = None
             if not self._same_user(sock):
+                refusal = "this scheduler belongs to another user; refused"
+            elif len(self.connections) >= MAX_CONNECTIONS:
+                # Each client holds a descriptor; the jobs need theirs more.
+                refusal = f"{MAX_CONNECTIONS} clients are connected already; try again later"
+            if refusal is not None:
                 try:
-                    sock.send(encode({"ok": False, "error": "this scheduler belongs to "
-                                      "another user; refused"}))
+                    sock.send(encode({"ok": False, "error": refusal}))
                 except OSError:
                     pass
                 sock.close()
                 continue
             connection = Connection(self, sock)
             self.connections[connection.fd] = connection
-            self.reactor.add_reader(connection.fd, connection.readable)
+            self.reactor.add_reader(connection.fd, connection.guard(connection.readable))
             connection.send(self.handlers.greeting())
+
+    def _pause_accepting(self) -> None:
+        fd = self.listener.sock.fileno()
+        self.reactor.remove_reader(fd)
+
+        def again() -> None:
+            if self.listener.sock.fileno() == fd:  # not closed meanwhile
+                self.reactor.add_reader(fd, self.accept)
+
+        self.reactor.call_at(self.reactor.time() + ACCEPT_PAUSE, again)
 
     def _same_user(self, sock: socket.socket) -> bool:
         try:

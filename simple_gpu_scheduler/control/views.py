@@ -134,9 +134,5 @@ def _record(record: JobRecord, now: float) -> Dict[str, Any]:
 
 
 def finished_row(state: RunState, job_id: int) -> Optional[FinishedRow]:
-    """The finished row of `job_id`, if it is still kept (newest first: a
-    job waited for has usually just ended)."""
-    for row in reversed(state.finished):
-        if row.id == job_id:
-            return row
-    return None
+    """The finished row of `job_id`, if it is still kept."""
+    return state.finished_by_id.get(job_id)

@@ -252,7 +252,10 @@ class Loop:
     def _turn_done(self) -> None:
         """After every wake-up: what threads posted, signals, timers, then
         input and starts."""
-        while self._soon:
+        # Only what was posted before this turn: a callback that posts itself
+        # again (a long `ls` made a batch a turn) waits for the next turn, so
+        # that what else is ready (a job's end) is seen to in between.
+        for _ in range(len(self._soon)):
             self._soon.popleft()()
         while self._signals:
             self._signal(self._signals.popleft())
@@ -485,7 +488,10 @@ class Loop:
         self.emit(ev.AttemptEnded(job, gpus, host, outcome, started_wall, runtime, retry))
         if record.execution is None:  # it never ran: nothing to clear
             self._settle(record)
-        if not retry and not outcome.ok and self.settings.halt is not None:
+        # A job killed on request (`kill`) failed because the user said so:
+        # that is no reason for --halt-on-failure to stop the others.
+        if not retry and not outcome.ok and self.settings.halt is not None \
+                and not record.no_retry:
             level = DRAIN if self.settings.halt == "soon" else TERMINATE
             self._escalate(
                 level, f"job {job.id} failed and --halt-on-failure is {self.settings.halt}")

@@ -34,6 +34,9 @@ QUEUED, RUNNING, LINGERING = "queued", "running", "lingering"
 
 #: Finished jobs whose rows ``ls`` lists; older rows are forgotten (counted).
 FINISHED_KEPT = 100_000
+#: Bytes of commands those rows may hold together: 100,000 rows of long
+#: commands would otherwise hold gigabytes; the oldest rows go first.
+FINISHED_BYTES = 64 * 1024 * 1024
 
 
 class JobRecord:
@@ -125,8 +128,11 @@ class RunState:
         self.queue = JobQueue()
         #: job id -> record, for running and lingering jobs
         self.active: Dict[int, JobRecord] = {}
-        #: the latest finished jobs, oldest first (`FINISHED_KEPT` at most)
-        self.finished: Deque[FinishedRow] = deque(maxlen=FINISHED_KEPT)
+        #: the latest finished jobs, oldest first (`FINISHED_KEPT` at most, and
+        #: `FINISHED_BYTES` of commands), and the same by id
+        self.finished: Deque[FinishedRow] = deque()
+        self.finished_by_id: Dict[int, FinishedRow] = {}
+        self._finished_bytes = 0
         #: finished jobs whose rows were dropped from `finished`
         self.forgotten = 0
         self.succeeded = 0
@@ -197,13 +203,19 @@ class RunState:
         else:
             self.failed_ids.append(job.id)
         state, code, signum, reason = outcome_state(outcome)
-        if len(self.finished) == FINISHED_KEPT:
-            self.forgotten += 1
-        self.finished.append(FinishedRow(
+        row = FinishedRow(
             job.id, job.name, state, record.gpus if record is not None else (),
             record.started_wall if record is not None else None,
             record.runtime if record is not None else None,
-            code, signum, job.attempts, job.priority, job.command, reason))
+            code, signum, job.attempts, job.priority, job.command, reason)
+        self.finished.append(row)
+        self.finished_by_id[job.id] = row
+        self._finished_bytes += len(job.command)
+        while len(self.finished) > FINISHED_KEPT or self._finished_bytes > FINISHED_BYTES:
+            old = self.finished.popleft()
+            del self.finished_by_id[old.id]
+            self._finished_bytes -= len(old.command)
+            self.forgotten += 1
 
     # --- views ------------------------------------------------------------------
 

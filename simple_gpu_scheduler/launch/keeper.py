@@ -38,13 +38,16 @@ FINISHED = 64
 
 
 class _Kept:
-    __slots__ = ("chunks", "size")
+    __slots__ = ("chunks", "size", "seq")
 
     def __init__(self) -> None:
         self.chunks: Deque[Chunk] = deque()
         self.size = 0
+        #: chunks added so far: the number of the last one
+        self.seq = 0
 
     def add(self, stream: str, data: bytes) -> None:
+        self.seq += 1
         if len(data) >= KEEP:
             self.chunks.clear()
             self.size = 0
@@ -70,8 +73,9 @@ class OutputKeeper:
         self._followed: Set[int] = set()
         #: job id -> its streams not ended yet
         self._open: Dict[int, int] = {}
-        #: gets (job id, stream, bytes) of followed jobs, on the copier's thread
-        self.listener: Optional[Callable[[int, str, bytes], None]] = None
+        #: gets (job id, stream, bytes, number) of followed jobs' chunks, on
+        #: the copier's thread; a chunk's number is its place in the job's output
+        self.listener: Optional[Callable[[int, str, bytes, int], None]] = None
 
     def tap(self, job_id: int, stream: str) -> Callable[[bytes], None]:
         """The function a copy calls with each chunk of `job_id`'s `stream`."""
@@ -92,13 +96,14 @@ class OutputKeeper:
                         return
                     self._open.pop(job_id, None)
                     if followed:
-                        self.listener(job_id, "closed", b"")  # type: ignore[misc]
+                        self.listener(job_id, "closed", b"", 0)  # type: ignore[misc]
                     return
                 kept = self._jobs.get(job_id)
-                if kept is not None:
-                    kept.add(stream, data)
+                if kept is None:  # its output is forgotten already: still number it
+                    kept = self._jobs[job_id] = _Kept()
+                kept.add(stream, data)
                 if followed:
-                    self.listener(job_id, stream, data)  # type: ignore[misc]
+                    self.listener(job_id, stream, data, kept.seq)  # type: ignore[misc]
 
         return tapped
 
@@ -110,16 +115,20 @@ class OutputKeeper:
         with self._lock:
             return job_id in self._open
 
-    def follow(self, job_id: int, on: Optional[bool] = True) -> List[Chunk]:
-        """What is kept of `job_id`; with `on` True, later chunks go to
-        `listener`, with False they stop going there, with None nothing changes."""
+    def follow(self, job_id: int, on: Optional[bool] = True) -> Tuple[List[Chunk], int]:
+        """What is kept of `job_id`, and the number of its last chunk (what a
+        follower has had: a chunk on its way with that number or lower is not
+        for it); with `on` True, later chunks go to `listener`, with False
+        they stop going there, with None nothing changes."""
         with self._lock:
             if on:
                 self._followed.add(job_id)
             elif on is False:
                 self._followed.discard(job_id)
             kept = self._jobs.get(job_id)
-            return list(kept.chunks) if kept is not None else []
+            if kept is None:
+                return [], 0
+            return list(kept.chunks), kept.seq
 
     def job_done(self, job_id: int) -> None:
         """`job_id` will print no more: its output is kept among the finished."""

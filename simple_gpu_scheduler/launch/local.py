@@ -181,6 +181,7 @@ class LocalLauncher:
             raise LaunchError(self._describe(exc, job)) from None
         execution = LocalExecution(self, job, gpus, pid, proc)
         self._live[pid] = execution
+        self._orphans.job_started(pid)
         reactor = self._reactor
         if streams.copies:
             execution.pumps = streams.started(

@@ -16,6 +16,7 @@ last job's notification is not lost.
 from __future__ import annotations
 
 import os
+from collections import deque
 
 from .. import threads
 from ..model import events as ev
@@ -23,7 +24,7 @@ from ..model.jobs import Exited, Killed, NotStarted, TimedOut, signal_name
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Mapping
+    from typing import Callable, Deque, Dict, Mapping, Tuple
 
     from ..launch.base import Reactor
     from .local import LocalLauncher
@@ -46,8 +47,13 @@ def variables(event: ev.JobDone) -> Dict[str, str]:
     return {
         "SGS_JOB_ID": str(job.id), "SGS_JOB_NAME": job.name or "", "SGS_EXIT": code,
         "SGS_SIGNAL": signum, "SGS_STATUS": status, "SGS_GPUS": ",".join(event.gpus),
-        "SGS_COMMAND": os.fsdecode(job.command),
+        # A NUL cannot be in an environment (an invalid input line has one).
+        "SGS_COMMAND": os.fsdecode(job.command.replace(b"\0", b"\\0")),
     }
+
+
+#: --on-finish commands that run at once; the others wait their turn.
+AT_ONCE = 8
 
 
 class OnFinish:
@@ -60,10 +66,12 @@ class OnFinish:
         self._base_env = dict(base_env)
         #: pid -> the job it is for
         self._running: Dict[int, int] = {}
+        #: (job id, environment) of the commands not started yet
+        self._waiting: Deque[Tuple[int, Dict[str, str]]] = deque()
 
     @property
     def busy(self) -> bool:
-        return bool(self._running)
+        return bool(self._running or self._waiting)
 
     def __call__(self, event: ev.Event) -> None:
         if not isinstance(event, ev.JobDone) or isinstance(event.outcome, NotStarted):
@@ -71,14 +79,26 @@ class OnFinish:
         env = dict(self._base_env)
         env.update(variables(event))
         env.pop("CUDA_VISIBLE_DEVICES", None)  # it holds no GPU
-        job_id = event.job.id
-        try:
-            pid = self._launcher.spawn_helper(self.command, env)
-        except OSError as exc:
-            self._say(f"--on-finish for job {job_id} could not start: {exc.strerror or exc}", 1)
-            return
-        self._running[pid] = job_id
-        threads.start(self._wait, pid)
+        env["SGS_ON_FINISH"] = "1"  # the mark `procgroup` knows: never a job's orphan
+        self._waiting.append((event.job.id, env))
+        self._start_some()
+
+    def _start_some(self) -> None:
+        """Start waiting commands while fewer than `AT_ONCE` run: a drain that
+        fails 10,000 jobs at once must not start 10,000 shells."""
+        while self._waiting and len(self._running) < AT_ONCE:
+            job_id, env = self._waiting.popleft()
+            try:
+                pid = self._launcher.spawn_helper(self.command, env)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a variable
+                self._say(f"--on-finish for job {job_id} could not start: "
+                          f"{getattr(exc, 'strerror', None) or exc}", 1)
+                continue
+            self._running[pid] = job_id
+            try:
+                threads.start(self._wait, pid)
+            except RuntimeError:  # no thread to be had: reap it on this one
+                self._ended(pid, os.waitpid(pid, 0)[1])
 
     def _wait(self, pid: int) -> None:
         # On a helper thread: only hand the status over.
@@ -90,6 +110,7 @@ class OnFinish:
 
     def _ended(self, pid: int, status: int) -> None:
         job_id = self._running.pop(pid, 0)
+        self._start_some()
         if os.WIFSIGNALED(status):
             why = f"was killed by {signal_name(os.WTERMSIG(status))}"
         elif os.WEXITSTATUS(status):

@@ -105,11 +105,24 @@ def _stat_ids(pid: int) -> Optional[tuple]:
     return int(fields[2]), int(fields[3])
 
 
+#: In the environment of what is no job's (an ``--on-finish`` command and
+#: what it starts, which also carry SGS_JOB_ID): never adopted as a job's.
+HELPER_MARK = b"SGS_ON_FINISH=1"
+
+
+#: What `_job_id_from_environ` says of a helper's process.
+HELPER = -1
+
+
 def _job_id_from_environ(pid: int) -> Optional[int]:
+    """The SGS_JOB_ID in `pid`'s environment, `HELPER` for a helper's, or None."""
     data = _proc(pid, "environ")
     if data is None:
         return None
-    for item in data.split(b"\0"):
+    items = data.split(b"\0")
+    if HELPER_MARK in items:
+        return HELPER
+    for item in items:
         if item.startswith(b"SGS_JOB_ID="):
             try:
                 return int(item[11:])
@@ -158,6 +171,13 @@ class Orphans:
         self._before.add(pid)
         self._foreign_ids.add(pid)
 
+    def job_started(self, leader: int) -> None:
+        """`leader` leads a new job: if that pid was once a helper's (reused),
+        it is no longer foreign. (A pid in use as a group or session id is
+        never given to a new process, so no live foreign id is dropped.)"""
+        self._before.discard(leader)
+        self._foreign_ids.discard(leader)
+
     def _children(self) -> List[int]:
         data = _proc(os.getpid(), f"task/{os.getpid()}/children")
         return [int(p) for p in data.split()] if data else []
@@ -191,6 +211,9 @@ class Orphans:
                 job = job_of_pid.get(ids[0], job_of_pid.get(ids[1]))
             if job is None:
                 job = _job_id_from_environ(pid)
+                if job == HELPER:
+                    self._before.add(pid)  # an --on-finish command's: not ours to end
+                    continue
             self._owner[pid] = job if job is not None else ending
             adopted.append(pid)
         return adopted

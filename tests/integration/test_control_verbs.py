@@ -1035,3 +1035,133 @@ def test_the_run_verb(tmp_path: Path) -> None:
     assert with_verb.stdout == without.stdout == b"one 0\ntwo\n"
     assert sgs_lines(with_verb.stderr.decode())[-1].endswith("2 of 2 succeeded, 0 failed, "
                                                              "0 not started")
+
+
+# --- edges a review found --------------------------------------------------------------
+
+
+def test_on_finish_of_a_line_with_a_nul_byte_does_not_crash_the_run(start: Starter,
+                                                                    tmp_path: Path) -> None:
+    """A line with a NUL fails at once; its --on-finish gets the command with
+    the NUL escaped (an environment cannot hold one), and the run goes on."""
+    marks = tmp_path / "finished.txt"
+    run = start("--gpus", "0", "--on-finish", f'printf "%s|%s\\n" "$SGS_JOB_ID" '
+                f'"$SGS_STATUS" >> {marks}', stdin=subprocess.PIPE, serve=False)
+    run.sgs.write(b"true\nbad\0line\ntrue\n")
+    run.sgs.close_stdin()
+    assert run.end() == 1
+    assert "internal error" not in run.sgs.stderr()
+    assert sorted(marks.read_text().splitlines()) == ["1|succeeded", "2|failed", "3|succeeded"]
+
+
+def test_an_on_finish_command_that_leaves_its_session_is_never_killed(
+        start: Starter, markers: List[str]) -> None:
+    """What an --on-finish command starts in a session of its own (a
+    notification daemon) is not a job's orphan: the run's end leaves it be."""
+    mark = unique_sleep()
+    markers.append(mark)
+    run = start("--gpus", "0", "--on-finish",
+                f'[ "$SGS_JOB_ID" = 1 ] && setsid sleep {mark} &', serve=False,
+                stdin=subprocess.PIPE)
+    # Job 2 ends after job 1's command has left its child to us: the orphans
+    # are looked at then, and the child must not be taken for job 1's.
+    run.sgs.write(b"true\nsleep 0.5\n")
+    run.sgs.close_stdin()
+    assert run.end() == 0
+    alive = poll_until(lambda: live_pids(mark), 5, what="the on-finish command's child")
+    for pid in alive:
+        os.kill(pid, 9)
+
+
+def test_a_kill_is_no_failure_that_halts_the_run(start: Starter) -> None:
+    run = start("--gpus", "0,1", "--halt-on-failure", "now")
+    doomed = run.add("--", "sleep 300")
+    other = run.add("--", GATED)
+    run.wait_state(doomed, "running")
+    run.wait_state(other, "running")
+    run.ok("kill", str(doomed))
+    run.wait_state(doomed, "killed")
+    assert run.jobs()[other]["state"] == "running"  # not terminated by the halt
+    later = run.add("--", "true")
+    run.release(other)
+    run.wait_state(later, "succeeded")
+    assert run.drain() == 1
+
+
+def test_pipelined_requests_are_answered_in_order_one_at_a_time(start: Starter) -> None:
+    run = start("--gpus", "0")
+    run.ok("pause")
+    run.ok("add", "--jsonl", input="".join('{"cmd": "true"}\n' for _ in range(5000)))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(str(run.socket))
+        sock.sendall(b'{"op":"ls"}\n{"op":"status"}\n' * 3)
+        replies = read_lines(sock, 1 + 6)
+    assert [("jobs" in r, "run" in r) for r in replies[1:]] == [(True, False), (False, True)] * 3
+    assert all(len(r["jobs"]) == 5000 for r in replies[1::2][:3])
+    assert run.drain() == 1
+
+
+def read_lines(sock: socket.socket, count: int) -> List[Dict[str, Any]]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(1 << 20)
+        assert chunk, data[-200:]
+        data += chunk
+    return [json.loads(line) for line in data.split(b"\n")[:count]]
+
+
+def test_clients_past_the_limit_are_refused_with_a_reply(start: Starter) -> None:
+    run = start("--gpus", "0")
+    held = []
+    try:
+        for _ in range(128):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(str(run.socket))
+            assert read_lines(sock, 1)[0]["sgs"] == 1
+            held.append(sock)
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.settimeout(10)
+            extra.connect(str(run.socket))
+            refusal = read_lines(extra, 1)[0]
+            assert refusal["ok"] is False and "128 clients" in refusal["error"]
+    finally:
+        for sock in held:
+            sock.close()
+    poll_until(lambda: ask(run.socket, {"op": "status"}) is not None, 10,
+               what="room again once the clients left")
+    assert run.drain() == 0
+
+
+def test_log_follow_all_under_tag_ends_when_the_run_ends(start: Starter) -> None:
+    run = start("--gpus", "0", "--tag")
+    job = run.add("--", "echo one; " + GATED)
+    run.wait_state(job, "running")
+    follower = subprocess.Popen([SGS or "", "log", "-f", "--all", "--run", run.name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=run.client_env, cwd=run.workdir)
+    try:
+        waiting_for_the_end(follower)
+        run.release(job)
+        run.wait_state(job, "succeeded")
+        run.ok("drain")
+        out, err = follower.communicate(timeout=10)
+        assert follower.returncode == 0, err
+        assert b"one" in out
+        assert run.end() == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+
+
+def test_a_log_file_that_is_not_a_regular_file_is_not_read(start: Starter,
+                                                           tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    run = start("--gpus", "0", "--log-dir", str(logs))
+    job = run.add("--", f"rm -f {logs}/$SGS_JOB_ID.out; ln -s /dev/zero {logs}/$SGS_JOB_ID.out")
+    run.wait_state(job, "succeeded")
+    done = run.verb("log", str(job))
+    assert done.returncode == 0 and done.stdout == ""
+    assert run.drain() == 0

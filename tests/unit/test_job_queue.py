@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,3 +103,22 @@ def test_the_queue_agrees_with_a_sorted_list_model(ops: List[Tuple[str, int, int
         assert ids(queue) == expected
         assert len(queue) == len(model)
 
+
+
+def test_finished_rows_are_bounded_by_count_and_by_command_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from simple_gpu_scheduler.engine import state as state_module
+    from simple_gpu_scheduler.engine.state import RunState
+    from simple_gpu_scheduler.model.jobs import Exited
+
+    monkeypatch.setattr(state_module, "FINISHED_KEPT", 5)
+    monkeypatch.setattr(state_module, "FINISHED_BYTES", 1000)
+    run = RunState()
+    for i in range(1, 9):
+        run.record(run.add(Job(i, b"x")).job, Exited(0))
+    assert [r.id for r in run.finished] == [4, 5, 6, 7, 8] and run.forgotten == 3
+    assert sorted(run.finished_by_id) == [4, 5, 6, 7, 8]
+    # 997 bytes: with rows 5-8 that is 1001, over the budget: row 5 goes too.
+    run.record(run.add(Job(9, b"y" * 997)).job, Exited(0))
+    assert [r.id for r in run.finished] == [6, 7, 8, 9] and run.forgotten == 5
+    assert run.finished_by_id[9].command == b"y" * 997 and 5 not in run.finished_by_id

@@ -153,7 +153,8 @@ def test_ls_commands_are_whole_and_on_one_line() -> None:
 def test_ls_of_no_jobs_and_the_footer() -> None:
     assert ls_lines([]) == ["ID  NAME  STATE  GPUS  START  TIME  EXIT  TRIES  COMMAND"]
     assert ls_footer(0) is None
-    assert ls_footer(1) == "(1 older finished job not listed: a run keeps the latest 100,000)"
+    assert ls_footer(1) == ("(1 older finished job not listed: a run keeps the latest "
+                            "100,000, fewer for long commands)")
     assert "5 older finished jobs" in (ls_footer(5) or "")
 
 
