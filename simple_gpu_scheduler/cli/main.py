@@ -95,6 +95,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    argtypes.untranslated_argparse()
     parser = Parser(
         prog="simple_gpu_scheduler",
         # No prefixes: `--jobs 4` must not become `--jobs-per-gpu 4` (an

@@ -129,6 +129,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(prog: str, verb: str) -> _Parser:
+    argtypes.untranslated_argparse()
     parser = _Parser(prog=prog, allow_abbrev=False, description=_DESCRIPTIONS[verb],
                      formatter_class=_Formatter)
     parser.add_argument(
