@@ -44,3 +44,15 @@ def internal_error(prog: str, exc: Exception) -> str:
     instead when ``SGS_DEBUG`` is set, by the caller)."""
     return (f"{prog}: internal error: {type(exc).__name__}: {exc} "
             "(SGS_DEBUG=1 shows the traceback; please report it)")
+
+
+def say(text: str) -> None:
+    """`text` as a line on stderr, whatever state stderr is in (closed, gone,
+    never opened): the last resort of a usage or internal error."""
+    import sys
+
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

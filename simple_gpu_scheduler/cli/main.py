@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .gpu_options import GpuPlan
 
 from .. import __version__
-from ..errors import ExitCode, UsageError, internal_error
+from ..errors import ExitCode, UsageError, internal_error, say
 from . import argtypes
 
 EXAMPLES = """\
@@ -478,9 +478,4 @@ def _status_width() -> Optional[int]:
     return terminal_width(2)
 
 
-def _say(text: str) -> None:
-    try:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
+_say = say

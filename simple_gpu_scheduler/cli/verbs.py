@@ -25,7 +25,7 @@ import sys
 
 from ..control.client import Connection, ControlError, find_run
 from ..control.paths import control_dir, live_runs
-from ..errors import ExitCode, UsageError, internal_error
+from ..errors import ExitCode, UsageError, internal_error, say
 from ..report.status import terminal_width
 from . import argtypes
 from .verb_output import LogLines, gpu_lines, ls_footer, ls_lines, status_text, wait_lines
@@ -627,12 +627,7 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _say(text: str) -> None:
-    try:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
+_say = say
 
 
 _VERBS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {
