@@ -1,9 +1,11 @@
 """The client verbs: ``simple_gpu_scheduler status``, ``ls``, ``add``, ...
 
 Each verb talks to a live run over its control socket (docs/control.md). A
-verb is a parser setup and a handler, in `_VERBS`; what it prints is built by
-pure functions (`status_lines`, `ls_lines`, `LogLines`, `add_request`) that
-take the reply's dicts and return text, so tests read them without a server.
+verb is a parser setup and a handler, in `_VERBS`; ``add`` is in `verb_add`,
+what every verb shares (parser, connection, output) in `verb_base`, and what
+they print is built by pure functions in `verb_output` (`status_lines`,
+`ls_lines`, `LogLines`) that take the reply's dicts and return text, so tests
+read them without a server.
 
 Exit statuses: 0 done; 1 the run refused the request (``ok: false``), the
 connection broke, or ``wait`` saw a job that did not succeed; 2 a usage
@@ -26,24 +28,24 @@ import sys
 from ..control.client import Connection, ControlError, find_run
 from ..control.paths import control_dir, live_runs
 from ..errors import ExitCode, UsageError, internal_error, say
-from ..report.status import terminal_width
 from . import argtypes
+from .verb_add import add, parse_add, setup_add
+from .verb_base import (
+    ArgumentError,
+    Refused,
+    call,
+    connect,
+    job_ids,
+    json_option,
+    make_parser,
+    out,
+    width_of,
+)
 from .verb_output import LogLines, gpu_lines, ls_footer, ls_lines, status_text, wait_lines
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import (
-        Any,
-        Callable,
-        Dict,
-        Iterator,
-        List,
-        NoReturn,
-        Optional,
-        Sequence,
-        Tuple,
-        Union,
-    )
+    from typing import Any, Callable, Dict, List, Sequence, Tuple
 
     Handler = Callable[[argparse.Namespace], int]
 
@@ -59,14 +61,6 @@ CLEAR = "\x1b[H\x1b[2J"
 # --- entry point -----------------------------------------------------------------------
 
 
-class _ArgumentError(UsageError):
-    """A bad command line of a verb (its message gets a pointer to --help)."""
-
-
-class _Refused(Exception):
-    """The run answered ``ok: false``; the message is its ``error``."""
-
-
 def run_verb(verb: str, argv: List[str]) -> int:
     """Run client verb `verb` (one of `VERBS`) with its arguments; the exit status."""
     prog = f"simple_gpu_scheduler {verb}"
@@ -74,14 +68,14 @@ def run_verb(verb: str, argv: List[str]) -> int:
         if verb not in _VERBS:
             raise UsageError(f"unknown verb {verb!r}; the verbs are {', '.join(VERBS)}")
         return _VERBS[verb][1](parse_args(verb, argv))
-    except _ArgumentError as exc:
-        _say(f"{prog}: error: {exc} (see {prog} --help)")
+    except ArgumentError as exc:
+        say(f"{prog}: error: {exc} (see {prog} --help)")
         return ExitCode.USAGE
     except UsageError as exc:
-        _say(f"{prog}: error: {exc}")
+        say(f"{prog}: error: {exc}")
         return ExitCode.USAGE
-    except (_Refused, ControlError) as exc:
-        _say(f"{prog}: error: {exc}")
+    except (Refused, ControlError) as exc:
+        say(f"{prog}: error: {exc}")
         return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
@@ -91,12 +85,12 @@ def run_verb(verb: str, argv: List[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.BROKEN_PIPE
     except OSError as exc:
-        _say(f"{prog}: error: {exc.strerror or exc}")
+        say(f"{prog}: error: {exc.strerror or exc}")
         return ExitCode.FAILED
     except Exception as exc:  # a bug of ours: still one line, not a traceback
         if os.environ.get("SGS_DEBUG"):
             raise
-        _say(internal_error(prog, exc))
+        say(internal_error(prog, exc))
         return ExitCode.FAILED
 
 
@@ -105,87 +99,19 @@ def run_verb(verb: str, argv: List[str]) -> int:
 
 def parse_args(verb: str, argv: List[str]) -> argparse.Namespace:
     """`argv` parsed by `verb`'s parser; a `UsageError` when it is wrong."""
-    parser = _parser(f"simple_gpu_scheduler {verb}", verb)
+    parser = make_parser(f"simple_gpu_scheduler {verb}", verb)
     _VERBS[verb][0](parser)
     if verb == "add":
-        return _parse_add(parser, argv)
+        return parse_add(parser, argv)
     return parser.parse_intermixed_args(argv)
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's formatter without its import of `shutil` (start-up time: it
-    builds one for every option it adds): the width from COLUMNS or the
-    terminal, as `cli.main` does."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=(_width_of(sys.__stdout__) or 80) - 2)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not the whole usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _ArgumentError(message)
-
-
-def _parser(prog: str, verb: str) -> _Parser:
-    argtypes.untranslated_argparse()
-    parser = _Parser(prog=prog, allow_abbrev=False, description=_DESCRIPTIONS[verb],
-                     formatter_class=_Formatter)
-    parser.add_argument(
-        "--run", metavar="NAME|PID",
-        help="the run to talk to, by its --name or pid (needed when several are live)")
-    parser.add_argument(
-        "--control-dir", metavar="DIR",
-        help="where the runs' sockets are (default: $SGS_CONTROL_DIR, else "
-        "$XDG_RUNTIME_DIR/simple_gpu_scheduler, else /tmp/simple_gpu_scheduler-UID)")
-    return parser
-
-
-def _json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the reply as JSON")
-
-
-_DESCRIPTIONS = {
-    "status": "Show live runs: their state, counts and what runs on each GPU.",
-    "ls": "List a run's jobs: finished, running and queued.",
-    "add": "Add a job (or JSON lines from stdin) to a run's queue; prints the new ids.",
-    "cancel": "Cancel queued jobs: they will not start.",
-    "kill": "Kill running jobs (SIGTERM to the process tree, then SIGKILL); no retry.",
-    "log": "Print what jobs printed (needs a run with --tag, --progress or --log-dir).",
-    "pause": "Start no more jobs until unpause; running jobs go on.",
-    "unpause": "Start jobs again after pause.",
-    "drain": "Let running jobs finish and start no more (as a first Ctrl-C does).",
-    "stop": "Terminate the running jobs (as a second Ctrl-C does).",
-    "gpus": "Show a run's GPUs, or take GPUs from it (remove) or give it more (add).",
-    "move": "Move a queued job in the queue.",
-    "wait": "Wait until jobs (or the whole run) are done; exit 0 if all succeeded.",
-}
-
-
-def _job_ids(parser: argparse.ArgumentParser, nargs: str) -> None:
-    parser.add_argument("ids", nargs=nargs, type=argtypes.non_negative_int, metavar="ID",
-                        help="job ids (as `ls` shows them)")
-
-
-def _connect(args: argparse.Namespace) -> Connection:
-    """The connection to the run that --run names (or the only live one)."""
-    return Connection.open(find_run(control_dir(args.control_dir), args.run).path)
-
-
-def _call(conn: Connection, request: Dict[str, Any]) -> Dict[str, Any]:
-    reply = conn.request(request)
-    if reply.get("ok") is not True:
-        raise _Refused(str(reply.get("error") or "the run refused the request"))
-    return reply
 
 
 def _simple(op: str) -> Handler:
     """The handler of a verb that is only its op (pause, drain, ...): quiet."""
 
     def handle(args: argparse.Namespace) -> int:
-        with _connect(args) as conn:
-            _call(conn, {"op": op})
+        with connect(args) as conn:
+            call(conn, {"op": op})
         return ExitCode.OK
 
     return handle
@@ -195,7 +121,7 @@ def _simple(op: str) -> Handler:
 
 
 def _setup_status(parser: argparse.ArgumentParser) -> None:
-    _json_option(parser)
+    json_option(parser)
     parser.add_argument("--watch", action="store_true",
                         help="redraw every second, until Ctrl-C or the run ends")
 
@@ -205,10 +131,10 @@ def _status(args: argparse.Namespace) -> int:
         return _watch(args)
     runs, failed = _statuses(args)
     if args.json:
-        _out(json.dumps(runs) + "\n")
+        out(json.dumps(runs) + "\n")
     else:
-        width = _width_of(sys.stdout)
-        _out(status_text(runs, width))
+        width = width_of(sys.stdout)
+        out(status_text(runs, width))
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
@@ -226,12 +152,12 @@ def _statuses(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], bool]:
     for info in listed:
         try:
             with Connection.open(info.path) as conn:
-                runs.append(_call(conn, {"op": "status"})["run"])
+                runs.append(call(conn, {"op": "status"})["run"])
         except ControlError:
             if args.run is not None:
                 raise
-        except _Refused as exc:
-            _say(f"simple_gpu_scheduler status: error: {info.describe()}: {exc}")
+        except Refused as exc:
+            say(f"simple_gpu_scheduler status: error: {info.describe()}: {exc}")
             failed = True
     if not runs and not failed:
         raise UsageError(f"no run of yours is live in {directory}")
@@ -243,28 +169,28 @@ def _watch(args: argparse.Namespace) -> int:
     (listed again each time, so new runs appear) until none is left."""
     import time
 
-    tty = _width_of(sys.stdout) is not None
-    conn = _connect(args) if args.run is not None else None
+    tty = width_of(sys.stdout) is not None
+    conn = connect(args) if args.run is not None else None
     try:
         while True:
             if conn is not None:
                 try:
-                    runs = [_call(conn, {"op": "status"})["run"]]
+                    runs = [call(conn, {"op": "status"})["run"]]
                 except ControlError:
-                    _out(f"run {conn.name} (pid {conn.pid}) has ended\n")
+                    out(f"run {conn.name} (pid {conn.pid}) has ended\n")
                     return ExitCode.OK
             else:
                 try:
                     runs, _ = _statuses(args)
                 except UsageError:
-                    _out("no run is live any more\n")
+                    out("no run is live any more\n")
                     return ExitCode.OK
             if args.json:
                 text = json.dumps(runs) + "\n"
             else:
-                width = _width_of(sys.stdout)
+                width = width_of(sys.stdout)
                 text = status_text(runs, width)
-            _out(CLEAR + text if tty else text + "\n")
+            out(CLEAR + text if tty else text + "\n")
             time.sleep(1.0)
     except KeyboardInterrupt:
         return ExitCode.OK
@@ -277,169 +203,20 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _setup_ls(parser: argparse.ArgumentParser) -> None:
-    _json_option(parser)
+    json_option(parser)
 
 
 def _ls(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        reply = _call(conn, {"op": "ls"})
+    with connect(args) as conn:
+        reply = call(conn, {"op": "ls"})
     jobs, forgotten = reply.get("jobs") or [], int(reply.get("forgotten") or 0)
     if args.json:
-        _out(json.dumps({"jobs": jobs, "forgotten": forgotten}) + "\n")
+        out(json.dumps({"jobs": jobs, "forgotten": forgotten}) + "\n")
         return ExitCode.OK
-    _out("".join(line + "\n" for line in ls_lines(jobs)))
+    out("".join(line + "\n" for line in ls_lines(jobs)))
     footer = ls_footer(forgotten)
     if footer:
-        _say(footer)
-    return ExitCode.OK
-
-
-# --- add -------------------------------------------------------------------------------
-
-
-def _setup_add(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "%(prog)s [options] [--jsonl | -- CMD...]"
-    _json_option(parser)
-    parser.add_argument("--gpus", type=argtypes.positive_int, metavar="N",
-                        help="GPUs the job gets (default: the run's --gpus-per-job)")
-    parser.add_argument("--mem", metavar="SIZE", help="GPU memory the job needs (12GiB)")
-    parser.add_argument("--on", metavar="IDS", help="only these GPUs, comma-separated")
-    parser.add_argument("--priority", type=int, metavar="P",
-                        help="lower starts first, among the queued jobs (default: 0)")
-    parser.add_argument("--name", metavar="NAME", help="the job's name")
-    parser.add_argument("--timeout", metavar="DURATION",
-                        help="end an attempt after DURATION (90, 30s, 15m, 2h, 1d)")
-    parser.add_argument("--retries", type=argtypes.non_negative_int, metavar="N",
-                        help="run a failed job up to N more times")
-    parser.add_argument("--front", action="store_true",
-                        help="before every queued job of its priority")
-    parser.add_argument(
-        "--jsonl", action="store_true",
-        help="read jobs from stdin as JSON lines, as --input jsonl does (no CMD then)")
-    parser.add_argument("cmd", nargs="*", metavar="CMD",
-                        help="the command; its words are joined with spaces")
-
-
-#: The options of `add` that become keys of its one job object (dest, key).
-_JOB_OPTIONS = (("gpus", "gpus"), ("mem", "mem"), ("on", "on"), ("priority", "priority"),
-                ("name", "name"), ("timeout", "timeout"), ("retries", "retries"))
-
-
-def _parse_add(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
-    """Everything after the first ``--`` is the command, whatever it looks like
-    (``-- python train.py --lr 0.1``); split here rather than trust argparse's
-    handling of ``--``, which has changed between Python versions."""
-    if "--" in argv:
-        cut = argv.index("--")
-        args = parser.parse_args(argv[:cut])
-        args.cmd = list(args.cmd) + argv[cut + 1:]
-    else:
-        args = parser.parse_args(argv)
-    return args
-
-
-def add_request(
-    args: argparse.Namespace, cwd: str, env: Dict[str, str],
-    stdin: Optional[bytes] = None,
-) -> Dict[str, Any]:
-    """The ``add`` request for parsed `args` (pure: the directory, environment
-    and, with --jsonl, stdin's bytes are passed in)."""
-    request: Dict[str, Any] = {"op": "add", "cwd": cwd, "env": env, "front": args.front}
-    if args.jsonl:
-        given = [f"--{dest}" for dest, _ in _JOB_OPTIONS if getattr(args, dest) is not None]
-        if args.cmd or given:
-            raise _ArgumentError(
-                f"--jsonl takes the jobs from stdin: no CMD and no {'/'.join(given) or 'CMD'}; "
-                "put such keys in each line")
-        request["lines"] = jsonl_lines(stdin or b"")
-        if not request["lines"]:
-            raise UsageError("--jsonl: stdin holds no job lines")
-        return request
-    if not args.cmd:
-        raise _ArgumentError("give the command after --, or --jsonl to read JSON lines")
-    job: Dict[str, Any] = {}
-    raw = b" ".join(os.fsencode(word) for word in args.cmd)
-    try:
-        job["cmd"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        import base64
-
-        job["cmd_b64"] = base64.b64encode(raw).decode("ascii")
-    for dest, key in _JOB_OPTIONS:
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if key == "on":
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        job[key] = value
-    request["jobs"] = [job]
-    return request
-
-
-#: Bytes of JSON lines per ``add`` request. A server takes requests of up to
-#: 1 MiB; and it answers nobody else while it checks one (3,000 lines take
-#: about 50 ms), so a long --jsonl input goes in several small ones.
-BATCH = 64 * 1024
-
-
-def add_batches(request: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
-    """`request` as requests the server takes: its ``lines`` cut into batches
-    of about `BATCH` bytes (each batch all or nothing), else as it is."""
-    lines = request.get("lines")
-    if not lines:
-        yield request
-        return
-    batch: List[Union[str, Dict[str, str]]] = []
-    size = 0
-    for line in lines:
-        cost = len(json.dumps(line)) + 1
-        if batch and size + cost > BATCH:
-            yield dict(request, lines=batch)
-            batch, size = [], 0
-        batch.append(line)
-        size += cost
-    yield dict(request, lines=batch)
-
-
-def jsonl_lines(data: bytes) -> List[Union[str, Dict[str, str]]]:
-    """Stdin's JSON lines for ``add --jsonl``: each without its newline, blank
-    ones skipped; a line that is not UTF-8 as ``{"b64": ...}`` (its bytes), so
-    that it reaches the run's parser, which names the line and the problem."""
-    lines: List[Union[str, Dict[str, str]]] = []
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            import base64
-
-            lines.append({"b64": base64.b64encode(line).decode("ascii")})
-    return lines
-
-
-def _add(args: argparse.Namespace) -> int:
-    stdin = None
-    if args.jsonl:
-        if sys.stdin is None:
-            raise UsageError("--jsonl: stdin is closed")
-        stdin = sys.stdin.buffer.read()
-    request = add_request(args, os.getcwd(), dict(os.environ), stdin)
-    ids: List[int] = []
-    with _connect(args) as conn:
-        for part in add_batches(request):
-            try:
-                ids += _call(conn, part).get("ids") or []
-            except _Refused as exc:
-                if ids:  # earlier batches are in: say which, as a script needs
-                    _out("".join(f"{job_id}\n" for job_id in ids))
-                    raise _Refused(f"{exc} (jobs {ids[0]}-{ids[-1]} of the lines "
-                                   "before it were added)") from None
-                raise
-    if args.json:
-        _out(json.dumps({"ids": ids}) + "\n")
-    else:
-        _out("".join(f"{job_id}\n" for job_id in ids))
+        say(footer)
     return ExitCode.OK
 
 
@@ -447,15 +224,15 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _setup_ids(parser: argparse.ArgumentParser) -> None:
-    _job_ids(parser, "+")
+    job_ids(parser, "+")
 
 
 def _by_ids(op: str) -> Handler:
     """``cancel`` and ``kill``: quiet on success, as kill(1) is."""
 
     def handle(args: argparse.Namespace) -> int:
-        with _connect(args) as conn:
-            _call(conn, {"op": op, "ids": args.ids})
+        with connect(args) as conn:
+            call(conn, {"op": op, "ids": args.ids})
         return ExitCode.OK
 
     return handle
@@ -465,7 +242,7 @@ def _by_ids(op: str) -> Handler:
 
 
 def _setup_log(parser: argparse.ArgumentParser) -> None:
-    _job_ids(parser, "*")
+    job_ids(parser, "*")
     parser.add_argument("--all", action="store_true", help="every job's output")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="go on printing as the jobs print, until they are done")
@@ -475,15 +252,15 @@ def _setup_log(parser: argparse.ArgumentParser) -> None:
 
 def _log(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
-        raise _ArgumentError("give job ids or --all (not both)")
+        raise ArgumentError("give job ids or --all (not both)")
     request: Dict[str, Any] = {"op": "log", "follow": args.follow, "lines": args.lines}
     if args.all:
         request["all"] = True
     else:
         request["ids"] = args.ids
     printer = LogLines(prefix=args.all or len(args.ids) > 1)
-    with _connect(args) as conn:
-        _call(conn, request)
+    with connect(args) as conn:
+        call(conn, request)
         if args.follow:
             conn.settimeout(None)  # a job may print nothing for hours
         try:
@@ -537,23 +314,23 @@ def _gpus(args: argparse.Namespace) -> int:
     ids = gpu_ids(args.ids)
     if args.action is None:
         if ids or args.kill:
-            raise _ArgumentError("give add or remove before GPU ids")
-        with _connect(args) as conn:
-            run = _call(conn, {"op": "status"})["run"]
+            raise ArgumentError("give add or remove before GPU ids")
+        with connect(args) as conn:
+            run = call(conn, {"op": "status"})["run"]
         lines = gpu_lines(run.get("gpus") or [], run.get("running") or [],
-                          _width_of(sys.stdout))
+                          width_of(sys.stdout))
     else:
         if not ids:
-            raise _ArgumentError(f"gpus {args.action}: give GPU ids")
+            raise ArgumentError(f"gpus {args.action}: give GPU ids")
         if args.kill and args.action != "remove":
-            raise _ArgumentError("--kill goes with gpus remove")
+            raise ArgumentError("--kill goes with gpus remove")
         request: Dict[str, Any] = {"op": "gpus", "action": args.action, "ids": ids}
         if args.action == "remove":
             request["kill"] = args.kill
-        with _connect(args) as conn:
-            reply = _call(conn, request)
+        with connect(args) as conn:
+            reply = call(conn, request)
         lines = gpu_lines(reply.get("gpus") or [], [], None)
-    _out("".join(line + "\n" for line in lines))
+    out("".join(line + "\n" for line in lines))
     return ExitCode.OK
 
 
@@ -575,8 +352,8 @@ def _move(args: argparse.Namespace) -> int:
         request.update(to="before", before=args.before)
     else:
         request["to"] = "front" if args.front else "back"
-    with _connect(args) as conn:
-        _call(conn, request)
+    with connect(args) as conn:
+        call(conn, request)
     return ExitCode.OK
 
 
@@ -584,16 +361,16 @@ def _move(args: argparse.Namespace) -> int:
 
 
 def _setup_wait(parser: argparse.ArgumentParser) -> None:
-    _json_option(parser)
-    _job_ids(parser, "*")
+    json_option(parser)
+    job_ids(parser, "*")
 
 
 def _wait(args: argparse.Namespace) -> int:
     request: Dict[str, Any] = {"op": "wait"}
     if args.ids:
         request["ids"] = args.ids
-    with _connect(args) as conn:
-        _call(conn, request)
+    with connect(args) as conn:
+        call(conn, request)
         conn.settimeout(None)  # jobs may take days
         end: Dict[str, Any] = {}
         try:
@@ -601,39 +378,23 @@ def _wait(args: argparse.Namespace) -> int:
                 end = line
         except ControlError:
             what = "the jobs were done" if args.ids else "it finished"
-            _say(f"simple_gpu_scheduler wait: run {conn.name} (pid {conn.pid}) "
+            say(f"simple_gpu_scheduler wait: run {conn.name} (pid {conn.pid}) "
                  f"went away before {what}")
             return ExitCode.FAILED
     if args.json:
-        _out(json.dumps(end) + "\n")
+        out(json.dumps(end) + "\n")
     else:
-        _out("".join(line + "\n" for line in wait_lines(end)))
+        out("".join(line + "\n" for line in wait_lines(end)))
     return ExitCode.OK if end.get("succeeded") is True else ExitCode.FAILED
 
 
 # --- output ----------------------------------------------------------------------------
 
 
-def _width_of(stream: Any) -> Optional[int]:
-    """The width of the terminal `stream` is, or None (a file, a pipe, closed)."""
-    try:
-        return terminal_width(stream.fileno())
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-_say = say
-
-
 _VERBS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {
     "status": (_setup_status, _status),
     "ls": (_setup_ls, _ls),
-    "add": (_setup_add, _add),
+    "add": (setup_add, add),
     "cancel": (_setup_ids, _by_ids("cancel")),
     "kill": (_setup_ids, _by_ids("kill")),
     "log": (_setup_log, _log),

@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from simple_gpu_scheduler.cli.verb_add import add_request
 from simple_gpu_scheduler.cli.verb_output import (
     LogLines,
     gpu_lines,
@@ -19,7 +20,7 @@ from simple_gpu_scheduler.cli.verb_output import (
     status_lines,
     wait_lines,
 )
-from simple_gpu_scheduler.cli.verbs import VERBS, add_request, gpu_ids, parse_args, run_verb
+from simple_gpu_scheduler.cli.verbs import VERBS, gpu_ids, parse_args, run_verb
 from simple_gpu_scheduler.errors import UsageError
 
 
@@ -325,7 +326,7 @@ def test_the_command_line_dispatches_exactly_the_client_verbs() -> None:
 def test_a_long_jsonl_input_goes_in_batches_in_order() -> None:
     import json
 
-    from simple_gpu_scheduler.cli.verbs import BATCH, add_batches
+    from simple_gpu_scheduler.cli.verb_add import BATCH, add_batches
 
     lines = [json.dumps({"cmd": f"echo {i}"}) for i in range(20000)]
     request = {"op": "add", "cwd": "/", "env": {}, "front": False, "lines": lines}
