@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from .. import __version__
-from ..engine.steering import Refused
+from ..engine.steering import Refused, require_job
 from ..model import events as ev
 from . import views
 from .logs import LogSessions
@@ -58,8 +58,10 @@ class Handlers:
         self._ops: Dict[str, Handler] = {
             "status": self._status, "ls": self._ls, "add": self._add,
             "cancel": self._cancel, "kill": self._kill, "log": self._log,
-            "pause": self._pause, "unpause": self._unpause, "drain": self._drain,
-            "stop": self._stop, "gpus": self._gpus, "move": self._move, "wait": self._wait,
+            "pause": self._plain(lambda: steering.pause(True)),
+            "unpause": self._plain(lambda: steering.pause(False)),
+            "drain": self._plain(steering.drain), "stop": self._plain(steering.stop),
+            "gpus": self._gpus, "move": self._move, "wait": self._wait,
         }
 
     # --- the server's side ----------------------------------------------------------
@@ -195,9 +197,8 @@ class Handlers:
             connection.send({"ok": True})
             return
         ids = _ids(request)
-        unknown = [i for i in ids if not 0 < i <= self.loop.source.count]
-        if unknown:
-            raise Refused(f"there is no job {unknown[0]} in this run")
+        for job_id in ids:
+            require_job(self.loop, job_id)
         records = self.loop.state.records
         forgotten = [i for i in ids if i not in records and views.finished_row(
             self.loop.state, i) is None]
@@ -229,21 +230,13 @@ class Handlers:
 
     # --- the run --------------------------------------------------------------------
 
-    def _pause(self, connection: Connection, request: Dict[str, Any]) -> None:
-        self.steering.pause(True)
-        connection.send({"ok": True})
-
-    def _unpause(self, connection: Connection, request: Dict[str, Any]) -> None:
-        self.steering.pause(False)
-        connection.send({"ok": True})
-
-    def _drain(self, connection: Connection, request: Dict[str, Any]) -> None:
-        self.steering.drain()
-        connection.send({"ok": True})
-
-    def _stop(self, connection: Connection, request: Dict[str, Any]) -> None:
-        self.steering.stop()
-        connection.send({"ok": True})
+    @staticmethod
+    def _plain(action: Callable[[], None]) -> Handler:
+        """The handler of an op without arguments (pause, drain, ...)."""
+        def handle(connection: Connection, request: Dict[str, Any]) -> None:
+            action()
+            connection.send({"ok": True})
+        return handle
 
     def _gpus(self, connection: Connection, request: Dict[str, Any]) -> None:
         action = request.get("action")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..engine.steering import Refused
+from ..engine.steering import Refused, require_job
 from ..launch.streams import LogDir
 from . import views
 from .wire import output_field
@@ -116,27 +116,23 @@ class LogSessions:
         connection.send({"ok": True, "ids": list(names)})
         for job_id, name in names.items():
             self._add(session, job_id, name, lines)
+        if follow or self.files is not None:
+            self._sessions[connection] = session  # answered over later turns
         if follow:
-            self._sessions[connection] = session
             for target in list(session.targets.values()):
                 if target.job_id not in state.records:
                     self._ended(session, target, self._state_of(target.job_id))
-            if self.files is not None:
-                self._pump(session)
-            else:
-                self._maybe_end(session)
+        if self.files is not None:
+            self._pump(session)
+        elif follow:
+            self._maybe_end(session)
         else:
-            if self.files is not None:
-                self._sessions[connection] = session
-                self._pump(session)
-            else:
-                connection.send({"end": True})
+            connection.send({"end": True})
 
     def _known(self, job_id: int) -> Optional[str]:
         """The job's name; refused if there is no such job or nothing of it is kept."""
         state = self.loop.state
-        if not 0 < job_id <= self.loop.source.count:
-            raise Refused(f"there is no job {job_id} in this run")
+        require_job(self.loop, job_id)
         record = state.records.get(job_id)
         if record is not None:
             return record.job.name

@@ -52,9 +52,10 @@ UCRED = struct.Struct("3i")
 
 
 def encode(message: Dict[str, Any]) -> bytes:
-    # ASCII JSON: a lone surrogate (an id or a path a client sent us) travels
-    # as its \u escape, so that every reply is valid UTF-8 whatever it holds.
-    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+    """`message` as a line without its newline. ASCII JSON: a lone surrogate
+    (an id or a path a client sent us) travels as its ``\\u`` escape, so that
+    every reply is valid UTF-8 whatever it holds."""
+    return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
 class Connection:
@@ -81,7 +82,7 @@ class Connection:
         return len(self._out)
 
     def send(self, message: Dict[str, Any]) -> None:
-        self.send_line(encode(message)[:-1])
+        self.send_line(encode(message))
 
     def send_line(self, line: bytes) -> None:
         """One line already encoded (ASCII JSON, without its newline)."""
@@ -265,7 +266,7 @@ class ControlServer:
                 refusal = f"{MAX_CONNECTIONS} clients are connected already; try again later"
             if refusal is not None:
                 try:
-                    sock.send(encode({"ok": False, "error": refusal}))
+                    sock.send(encode({"ok": False, "error": refusal}) + b"\n")
                 except OSError:
                     pass
                 sock.close()

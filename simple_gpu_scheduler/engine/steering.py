@@ -34,6 +34,12 @@ class Refused(Exception):
     """A request that cannot be done; the message says why, for the client."""
 
 
+def require_job(loop: Loop, job_id: int) -> None:
+    """Refuse a job id this run never gave (ids run from 1 to the last given)."""
+    if not 0 < job_id <= loop.source.count:
+        raise Refused(f"there is no job {job_id} in this run")
+
+
 class Steering:
     def __init__(self, loop: Loop, admit: Optional[Admit] = None) -> None:
         self.loop = loop
@@ -109,9 +115,8 @@ class Steering:
         for job_id in dict.fromkeys(ids):
             record = state.records.get(job_id)
             if record is None:
-                if 0 < job_id <= self.loop.source.count:
-                    raise Refused(f"job {job_id} is not {what}: it is done ({hint})")
-                raise Refused(f"there is no job {job_id} in this run")
+                require_job(self.loop, job_id)
+                raise Refused(f"job {job_id} is not {what}: it is done ({hint})")
             if record.status not in statuses:
                 raise Refused(f"job {job_id} is not {what}: it is {record.status} ({hint})")
             records.append(record)
