@@ -344,6 +344,9 @@ def admitter(
     added to the pool and the gate. Raises ValueError with the reason."""
 
     def admit(given: "Sequence[str]") -> None:
+        if getattr(args, "ray", None) is not None:
+            raise ValueError("with --ray the run uses the cluster's GPUs: give it more by "
+                             "starting another node (ray start --address ...)")
         try:
             ids = parse_gpu_ids(list(given))
         except UsageError as exc:

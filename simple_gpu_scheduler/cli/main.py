@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ..control.attach import Control
     from ..control.handlers import Handlers
     from ..engine.loop import Loop
+    from ..launch.base import Launcher
+    from ..launch.cluster import Cluster
     from ..launch.streams import OutputMode
     from ..model.events import Event, Listener
     from ..placement.pool import GpuPool
@@ -151,8 +153,10 @@ def build_parser() -> Parser:
     talk.add_argument("-v", "--verbose", action="store_true", help="print more detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     from .gpu_options import add_gpu_arguments
+    from .ray_options import add_ray_argument
 
     add_gpu_arguments(parser)
+    add_ray_argument(parser)
     return parser
 
 
@@ -318,11 +322,20 @@ def _main(argv: Optional[List[str]]) -> int:
     console = Console(verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     if 0 in closed and not args.list_gpus:
         console.line("stdin is closed: there are no commands to read")
-    if args.list_gpus:
+    cluster = None
+    if args.ray is not None:
+        from .ray_options import check_ray_args, join, list_cluster
+
+        check_ray_args(args)
+        if args.list_gpus:
+            return list_cluster(args, console)
+        cluster, plan = join(args, console)
+    elif args.list_gpus:
         from .list_gpus import list_gpus
 
         return list_gpus(args, console)
-    plan = plan_gpus(args, console)
+    else:
+        plan = plan_gpus(args, console)
 
     if args.log_dir is not None:
         try:
@@ -354,13 +367,15 @@ def _main(argv: Optional[List[str]]) -> int:
         progress = ProgressLine(tty=os.isatty(2))
     if sys.stdin is not None and sys.stdin.isatty():
         console.line("reading commands from the terminal, one per line; end with Ctrl-D")
-    return _run(args, plan, console, output, joblog, resume_filter, resume_hint, progress)
+    return _run(args, plan, console, output, joblog, resume_filter, resume_hint, progress,
+                cluster)
 
 
 def _run(
     args: argparse.Namespace, plan: GpuPlan, console: Console, output: OutputMode,
     joblog: Optional[JobLogWriter], resume_filter: Optional[ResumeFilter],
     resume_hint: Optional[str], progress: Optional[ProgressLine],
+    cluster: Optional[Cluster] = None,
 ) -> int:
     """Build the engine's collaborators and run it: the composition root."""
     from ..engine.config import Settings
@@ -374,7 +389,13 @@ def _run(
     make_job = job_factory(jsonl, gpus=args.gpus_per_job, timeout=args.timeout,
                            retries=args.retries, aliases=plan.aliases)
     source = InputSource(0, make_job, continuation=not jsonl)
-    launcher = LocalLauncher(shell=args.shell, output=output)
+    local = LocalLauncher(shell=args.shell, output=output)
+    launcher: Launcher = local
+    if cluster is not None:
+        from ..launch.cluster import ClusterLauncher
+
+        launcher = ClusterLauncher(cluster, local.shell, output, args.kill_grace,
+                                   plan.jobs_per_gpu or 1)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
                            status_width=_status_width)
@@ -406,7 +427,7 @@ def _run(
     if progress is not None:
         total = count_commands(0, continuation=not jsonl)
     loop = Loop(settings, launcher, source, pool, listener, gate=plan.gate,
-                owners=launcher.leaders, total=total)
+                owners=local.leaders, total=total)
     loop.serving = args.serve
     if plan.gate is not None:
         from ..model.events import Notice
@@ -424,7 +445,8 @@ def _run(
         from ..launch.notify import OnFinish
         from ..model.events import Notice
 
-        on_finish = OnFinish(args.on_finish, launcher, loop,
+        # On a cluster too, they run here, where the scheduler runs.
+        on_finish = OnFinish(args.on_finish, local, loop,
                              lambda text, level: loop.emit(Notice(text, level)), os.environ)
         listeners.append(on_finish)
         loop.helpers_busy = lambda: on_finish.busy

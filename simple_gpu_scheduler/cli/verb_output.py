@@ -92,8 +92,18 @@ def _job_cells(
     if job is None:
         return str(job_id), "", "", ""
     runtime = job.get("runtime")
+    # On a cluster the GPU rows are the cluster's slots: where the job really
+    # runs comes before its command.
+    where = f"[{gpus_text(job)}] " if job.get("host") else ""
     return (str(job_id), printable(job.get("name") or "", 32),
-            "" if runtime is None else format_duration(float(runtime)), command_text(job))
+            "" if runtime is None else format_duration(float(runtime)),
+            where + command_text(job))
+
+
+def gpus_text(job: Dict[str, Any]) -> str:
+    """A job's GPUs for a table: ``0,1``, ``0@10.0.0.7`` on a cluster node, or ``-``."""
+    gpus = ",".join(str(g) for g in job.get("gpus") or []) or "-"
+    return f"{gpus}@{job['host']}" if job.get("host") else gpus
 
 
 def command_text(obj: Dict[str, Any]) -> str:
@@ -126,7 +136,7 @@ def ls_lines(jobs: Sequence[Dict[str, Any]]) -> List[str]:
             str(job.get("id")),
             printable(job.get("name") or "-", 32),
             str(job.get("state")),
-            ",".join(str(g) for g in job.get("gpus") or []) or "-",
+            gpus_text(job),
             "-" if started is None else time.strftime("%H:%M:%S", time.localtime(started)),
             "-" if runtime is None else format_duration(float(runtime)),
             ended,

@@ -38,7 +38,7 @@ def counts(state: RunState) -> Dict[str, int]:
 def gpus(loop: Loop) -> List[Dict[str, Any]]:
     on: Dict[str, List[int]] = {}
     for record in sorted(loop.state.active.values(), key=lambda r: r.job.id):
-        for gpu_id in record.gpus:
+        for gpu_id in record.slots:
             on.setdefault(gpu_id, []).append(record.job.id)
     shown = []
     for gpu_id in loop.pool.ids:
@@ -75,7 +75,7 @@ def run(loop: Loop, name: str, started: float) -> Dict[str, Any]:
 
 def _running(loop: Loop, record: JobRecord) -> Dict[str, Any]:
     job = record.job
-    shown = {"id": job.id, "name": job.name, "gpus": list(record.gpus),
+    shown = {"id": job.id, "name": job.name, "gpus": list(record.gpus), "host": record.host,
              "runtime": loop.clock() - record.started, "pid": _pid(record)}
     shown.update(command_field(job.command))
     return shown
@@ -109,7 +109,7 @@ def job(item: Any, now: float) -> Dict[str, Any]:
 def finished(row: FinishedRow) -> Dict[str, Any]:
     shown = {
         "id": row.id, "name": row.name, "state": row.state, "gpus": list(row.gpus),
-        "started": row.started, "runtime": row.runtime, "exit": row.exit,
+        "host": row.host, "started": row.started, "runtime": row.runtime, "exit": row.exit,
         "signal": signal_field(row.signal), "attempts": row.attempts,
         "priority": row.priority, "pid": None, "reason": row.reason,
     }
@@ -122,7 +122,7 @@ def _record(record: JobRecord, now: float) -> Dict[str, Any]:
     queued = record.status == QUEUED
     shown = {
         "id": job.id, "name": job.name, "state": record.status,
-        "gpus": [] if queued else list(record.gpus),
+        "gpus": [] if queued else list(record.gpus), "host": record.host,
         "started": None if queued else record.started_wall,
         "runtime": None if queued else (record.runtime if record.runtime is not None
                                         else now - record.started),

@@ -94,6 +94,10 @@ class Loop:
         #: whether work beside the jobs still runs (``--on-finish`` commands):
         #: the run waits for it before it ends, unless killing
         self.helpers_busy: Callable[[], bool] = lambda: False
+        #: why a job can never run on the launcher's machines, or None (a
+        #: cluster's launcher knows its nodes; the pool only counts GPUs)
+        self.refuses: Callable[[Job], Optional[str]] = getattr(
+            launcher, "refuses", lambda job: None)
         self._poll = select.poll()
         self._readers: Dict[int, Callable[[], None]] = {}
         self._writers: Dict[int, Callable[[], None]] = {}
@@ -310,7 +314,8 @@ class Loop:
         """Fail a job that can never run here (an invalid line, or requirements
         no GPU meets) at once, instead of leaving it waiting forever."""
         job = record.job
-        impossible = self.pool.impossible(job)
+        # The launcher first: on a cluster its reason is the one that explains.
+        impossible = self.refuses(job) or self.pool.impossible(job)
         if not (job.invalid or impossible):
             return False
         reason = job.invalid or f"it can never run here: {impossible}"
@@ -409,10 +414,28 @@ class Loop:
             return
         self.state.job_started(job, gpus, execution.started, execution.started_wall)
         record.execution = execution
+        # A cluster's launcher hands the job to the cluster: it has started
+        # once a node says so (`placed`), on the GPUs the node gave it.
+        if getattr(execution, "placed", True):
+            self._began(record, execution)
+
+    def placed(self, execution: Execution) -> None:
+        """A cluster node started the attempt, on ``execution.gpus`` of
+        ``execution.host`` (the `LauncherEvents` of a cluster's launcher)."""
+        record = self.state.records.get(execution.job.id)
+        if record is None or record.execution is not execution or record.status != RUNNING:
+            return
+        self.state.placed(record, execution.gpus, execution.host, execution.started,
+                          execution.started_wall)
+        self._began(record, execution)
+
+    def _began(self, record: JobRecord, execution: Execution) -> None:
+        """The attempt runs: its timeout counts from now."""
+        job = record.job
         if job.timeout is not None:
             record.deadline = self.call_at(
                 execution.started + job.timeout, lambda: self._time_out(record))
-        self.emit(ev.JobStarted(job, gpus, execution.host))
+        self.emit(ev.JobStarted(job, execution.gpus, execution.host))
 
     def _time_out(self, record: JobRecord) -> None:
         if record.status != RUNNING:
@@ -441,7 +464,7 @@ class Loop:
         if lingering:
             self.emit(ev.Lingering(job))
             record.rung = self.ladder.stop(execution, record.rung, now=self.stop_level >= KILL)
-        self._finish(record, outcome, record.gpus, execution.host, execution.started_wall,
+        self._finish(record, outcome, execution.gpus, execution.host, execution.started_wall,
                      runtime)
 
     def cleared(self, execution: Execution) -> None:
@@ -451,7 +474,7 @@ class Loop:
             return  # given up on already
         if record.rung is not None:
             record.rung.cancel()
-        self._free(record.job, record.gpus)
+        self._free(record.job, record.slots)
         self._settle(record)
 
     def _give_up(self, execution: Execution) -> None:
@@ -460,16 +483,16 @@ class Loop:
         record = self.state.records.get(execution.job.id)
         if record is None or record.execution is not execution:
             return
-        self.emit(ev.GaveUp(record.job, record.gpus, execution.host))
+        self.emit(ev.GaveUp(record.job, execution.gpus, execution.host))
         if record.status == RUNNING:
             # Its main process never ended: the attempt ends here, killed.
             record.status = LINGERING
             job = record.job
             record.outcome = (TimedOut(job.timeout or 0.0, signal.SIGKILL) if record.timed_out
                               else Killed(signal.SIGKILL))
-            self._finish(record, record.outcome, record.gpus, execution.host,
+            self._finish(record, record.outcome, execution.gpus, execution.host,
                          execution.started_wall, self.clock() - record.started)
-        self._free(record.job, record.gpus)
+        self._free(record.job, record.slots)
         self._settle(record)
 
     def _finish(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from ..model.jobs import Exited, FailedToStart, Killed, NotStarted, TimedOut, printable
+from ..model.jobs import Exited, FailedToStart, Killed, Lost, NotStarted, TimedOut, printable
 from ..model.record import Record
 from ..model.snapshot import RunningView, Snapshot
 from .queue import JobQueue
@@ -42,14 +42,20 @@ FINISHED_BYTES = 64 * 1024 * 1024
 class JobRecord:
     """One job that is not done yet, and the state of its current attempt."""
 
-    __slots__ = ("job", "status", "gpus", "execution", "started", "started_wall", "runtime",
-                 "deadline", "timed_out", "rung", "outcome", "retry", "no_retry",
-                 "prev", "next", "level")
+    __slots__ = ("job", "status", "gpus", "slots", "host", "execution", "started",
+                 "started_wall", "runtime", "deadline", "timed_out", "rung", "outcome", "retry",
+                 "no_retry", "prev", "next", "level")
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.status = QUEUED
+        #: the GPUs the attempt runs on, as the job sees them
         self.gpus: Tuple[str, ...] = ()
+        #: what it holds in the pool: its GPUs, except on a cluster, where the
+        #: pool counts the cluster's GPU slots and the node picks the GPUs
+        self.slots: Tuple[str, ...] = ()
+        #: the node it runs on ("" on this machine)
+        self.host = ""
         #: the launcher's handle on the running attempt (None while queued)
         self.execution: Any = None
         #: monotonic and wall-clock start of the current (or last) attempt
@@ -83,13 +89,14 @@ class FinishedRow(Record):
     command's bytes, nothing else of the job (its environment can be large)."""
 
     __slots__ = ("id", "name", "state", "gpus", "started", "runtime", "exit", "signal",
-                 "attempts", "priority", "command", "reason")
+                 "attempts", "priority", "command", "reason", "host")
 
     def __init__(self, id: int, name: Optional[str], state: str, gpus: Tuple[str, ...],
                  started: Optional[float], runtime: Optional[float], exit: Optional[int],
                  signal: Optional[int], attempts: int, priority: int, command: bytes,
-                 reason: Optional[str]) -> None:
+                 reason: Optional[str], host: str = "") -> None:
         self.id = id
+        self.host = host
         self.name = name
         self.state = state
         self.gpus = gpus
@@ -113,6 +120,8 @@ def outcome_state(outcome: Outcome) -> Tuple[str, Optional[int], Optional[int], 
         return "killed", None, outcome.signal, None
     if isinstance(outcome, FailedToStart):
         return "could_not_start", None, None, outcome.reason
+    if isinstance(outcome, Lost):
+        return "lost", None, None, outcome.reason
     assert isinstance(outcome, NotStarted)
     return "not_started", None, None, outcome.reason
 
@@ -168,7 +177,8 @@ class RunState:
         self.queue.remove(record)
         self.active[job.id] = record
         record.status = RUNNING
-        record.gpus = gpus
+        record.gpus = record.slots = gpus
+        record.host = ""
         record.started = self._clock() if when is None else when
         record.started_wall = wall
         record.runtime = None
@@ -178,6 +188,14 @@ class RunState:
         record.no_retry = False
         return record
 
+    def placed(self, record: JobRecord, gpus: Tuple[str, ...], host: str, when: float,
+               wall: float) -> None:
+        """A cluster node has started the attempt: on `gpus` of `host`, at `when`."""
+        record.gpus = gpus
+        record.host = host
+        record.started = when
+        record.started_wall = wall
+
     def requeue(self, record: JobRecord) -> None:
         """Queue a job again for its next attempt: first among its priority,
         as it was queued before the jobs now waiting."""
@@ -186,7 +204,8 @@ class RunState:
             self.queue.push(record, front=True)
         record.status = QUEUED
         record.execution = None
-        record.gpus = ()
+        record.gpus = record.slots = ()
+        record.host = ""
         record.rung = None
 
     def record(self, job: Job, outcome: Outcome) -> None:
@@ -207,7 +226,8 @@ class RunState:
             job.id, job.name, state, record.gpus if record is not None else (),
             record.started_wall if record is not None else None,
             record.runtime if record is not None else None,
-            code, signum, job.attempts, job.priority, job.command, reason)
+            code, signum, job.attempts, job.priority, job.command, reason,
+            record.host if record is not None else "")
         self.finished.append(row)
         self.finished_by_id[job.id] = row
         self._finished_bytes += len(job.command)
@@ -240,7 +260,7 @@ class RunState:
         now = self._clock() if now is None else now
         running = tuple(
             RunningView(r.job.id, r.gpus, now - r.started, r.job.text(),
-                        printable(r.job.name) if r.job.name else None)
+                        printable(r.job.name) if r.job.name else None, r.host)
             for r in sorted(self.with_status(RUNNING), key=lambda r: r.job.id)
         )
         queued = self.queued

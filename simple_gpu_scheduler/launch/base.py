@@ -15,6 +15,13 @@ a local process group (`launch.local`) and, later, a task on another machine:
   then ``cleared(execution)`` once nothing of it is left, so its GPUs can go to
   the next job.
 
+A cluster's launcher (`launch.ray`) hands a job to the cluster, which picks
+the node and its GPUs: its execution starts with ``placed = False`` and the
+launcher calls ``placed(execution)`` once a node runs the job, with
+``execution.gpus`` and ``execution.host`` set; its ``refuses(job)`` says why
+a job can never run on any node (the engine's pool counts only the
+cluster's GPU slots). A local execution is placed from the start.
+
 The engine offers a launcher its `Reactor`: file descriptors to watch, timers,
 and a thread-safe way to run code on the engine's thread.
 """
@@ -57,6 +64,9 @@ if TYPE_CHECKING:
         #: when it started: monotonic (durations) and wall clock (the job log)
         started: float
         started_wall: float
+        #: whether it runs on its GPUs already (False: a cluster's node will
+        #: say so, through `LauncherEvents.placed`)
+        placed: bool
 
         def terminate(self) -> None: ...
 
@@ -66,6 +76,8 @@ if TYPE_CHECKING:
         def ended(self, execution: Execution, outcome: Outcome, lingering: bool) -> None: ...
 
         def cleared(self, execution: Execution) -> None: ...
+
+        def placed(self, execution: Execution) -> None: ...
 
     class Launcher(Protocol):
         def attach(self, reactor: Reactor, events: LauncherEvents) -> None: ...

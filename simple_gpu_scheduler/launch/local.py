@@ -83,6 +83,7 @@ class LocalExecution:
     """One running attempt of a job on this machine: a process group."""
 
     host = "local"
+    placed = True
 
     def __init__(self, launcher: LocalLauncher, job: Job, gpus: Tuple[str, ...], pid: int,
                  proc: Optional[subprocess.Popen[bytes]]) -> None:

@@ -67,6 +67,17 @@ class JobStreams:
         its read end when its stream ends; `on_done` is called, from the
         copier's thread, as each one ends)."""
         self._close_child_ends()
+        return self.start_copies(on_done)
+
+    def close_writers(self) -> None:
+        """A cluster's job has ended: close the ends its output was written to
+        here (the copies then reach their end)."""
+        self._close_child_ends()
+        self.out = self.err = None
+
+    def start_copies(self, on_done: Optional[Callable[[], None]] = None) -> List[Copy]:
+        """Start the copies, keeping `out` and `err` open: a cluster's job
+        output is written to them here, from the task's stream."""
         if not self._copies:
             return []
         from .copier import Copier, Copy  # only when output is copied: no import otherwise
@@ -95,9 +106,10 @@ class OutputMode:
     """How job output is routed; one instance per run."""
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
-                name: Optional[str] = None) -> JobStreams:
+                name: Optional[str] = None, host: str = "") -> JobStreams:
         """The stdout and stderr for one attempt's process (OSError if they
-        cannot be opened); `name` is the job's (JSON lines ``name``), if any."""
+        cannot be opened); `name` is the job's (JSON lines ``name``), if any;
+        `host` the cluster node it runs on."""
         return JobStreams()
 
 
@@ -115,11 +127,11 @@ class Tagged(OutputMode):
         self.keeper = keeper
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
-                name: Optional[str] = None) -> JobStreams:
+                name: Optional[str] = None, host: str = "") -> JobStreams:
         taps: Tuple[Optional[Tap], Optional[Tap]] = (None, None)
         if self.keeper is not None:
             taps = (self.keeper.tap(job_id, "out"), self.keeper.tap(job_id, "err"))
-        return tagged_streams(tag_prefix(job_id, gpus) if self.prefix else b"", taps=taps)
+        return tagged_streams(tag_prefix(job_id, gpus, host) if self.prefix else b"", taps=taps)
 
 
 def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (None, None),
@@ -144,8 +156,10 @@ def tagged_streams(prefix: bytes, files: Tuple[Optional[int], Optional[int]] = (
                        (err_read, 2, prefix, files[1], taps[1])))
 
 
-def tag_prefix(job_id: int, gpus: Tuple[str, ...]) -> bytes:
-    return f"[{job_id}|gpu {','.join(gpus)}] ".encode("utf-8", "backslashreplace")
+def tag_prefix(job_id: int, gpus: Tuple[str, ...], host: str = "") -> bytes:
+    """``[3|gpu 0,1] ``, and on a cluster ``[3|10.0.0.7 gpu 0] ``."""
+    where = f"{host} " if host else ""
+    return f"[{job_id}|{where}gpu {','.join(gpus)}] ".encode("utf-8", "backslashreplace")
 
 
 class LogDir(OutputMode):
@@ -163,7 +177,7 @@ class LogDir(OutputMode):
         return stem + ".out", stem + ".err"
 
     def streams(self, job_id: int, gpus: Tuple[str, ...], attempt: int,
-                name: Optional[str] = None) -> JobStreams:
+                name: Optional[str] = None, host: str = "") -> JobStreams:
         stem = os.path.join(self.directory, log_stem(job_id, name))
         line = marker(job_id, attempt, time.localtime())
         out = open_log(stem + ".out", line)
@@ -173,7 +187,7 @@ class LogDir(OutputMode):
             os.close(out)
             raise
         if self.tag:
-            return tagged_streams(tag_prefix(job_id, gpus), (out, err))
+            return tagged_streams(tag_prefix(job_id, gpus, host), (out, err))
         return JobStreams(out, err)
 
 

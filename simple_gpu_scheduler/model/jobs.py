@@ -199,8 +199,21 @@ class NotStarted(_Outcome):
         return "not started" if self.reason is None else f"not started ({self.reason})"
 
 
+class Lost(_Outcome):
+    """The attempt ran, and then the machine under it went away (a cluster
+    node died): its exit status is unknown; the reason says what was lost."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"lost: {self.reason}"
+
+
 if TYPE_CHECKING:
-    Outcome = Union[Exited, Killed, TimedOut, FailedToStart, NotStarted]
+    Outcome = Union[Exited, Killed, TimedOut, FailedToStart, NotStarted, Lost]
 
 
 def outcome_from_returncode(returncode: int) -> Union[Exited, Killed]:
@@ -227,6 +240,8 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def gpu_label(gpus: Sequence[str]) -> str:
-    """How messages name a job's GPUs: ``gpu 0`` or ``gpu 0,1``."""
-    return "gpu " + ",".join(gpus)
+def gpu_label(gpus: Sequence[str], host: str = "") -> str:
+    """How messages name a job's GPUs: ``gpu 0`` or ``gpu 0,1``, and on a
+    cluster the node too: ``gpu 0 of 10.0.0.7``."""
+    label = "gpu " + ",".join(gpus)
+    return f"{label} of {host}" if host else label

@@ -10,11 +10,13 @@ if TYPE_CHECKING:
 
 
 class RunningView(Record):
-    __slots__ = ("job_id", "gpus", "runtime", "command", "name")
+    __slots__ = ("job_id", "gpus", "runtime", "command", "name", "host")
 
     def __init__(self, job_id: int, gpus: Tuple[str, ...], runtime: float, command: str,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, host: str = "") -> None:
         self.job_id = job_id
+        #: the cluster node it runs on ("" on this machine)
+        self.host = host
         self.gpus = gpus
         self.runtime = runtime
         self.command = command

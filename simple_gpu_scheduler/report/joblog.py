@@ -309,12 +309,16 @@ class JobLogWriter:
         self._append(format_row(row))
 
     def write_attempt(
-        self, job: Job, gpus: Sequence[str], start: float, runtime: float, outcome: Outcome
+        self, job: Job, gpus: Sequence[str], start: float, runtime: float, outcome: Outcome,
+        node: str = "",
     ) -> None:
-        """The row of one ended attempt of `job` (Seq is the job's number)."""
+        """The row of one ended attempt of `job` (Seq is the job's number). Host
+        is its GPUs, ``gpu:0,1``, with the cluster node after an ``@``:
+        ``gpu:0@10.0.0.7``."""
         exitval, signum = exit_and_signal(outcome)
+        host = "gpu:" + ",".join(gpus) + (f"@{node}" if node else "")
         self.write(Row(
-            seq=job.id, host="gpu:" + ",".join(gpus), start=start, runtime=runtime,
+            seq=job.id, host=host, start=start, runtime=runtime,
             exitval=exitval, signal=signum, command=job.command))
 
     def _append(self, data: bytes) -> None:

@@ -69,13 +69,15 @@ class ConsoleReport:
         job = event.job
         attempt = f" (attempt {job.attempts} of {job.retries + 1})" if job.attempts > 1 else ""
         self.console.line(
-            f"{job.label()} started on {gpu_label(event.gpus)}{attempt}: {job.text(SHOWN)}")
+            f"{job.label()} started on {gpu_label(event.gpus, _node(event.host))}{attempt}: "
+            f"{job.text(SHOWN)}")
 
     def _attempt_ended(self, event: ev.AttemptEnded) -> None:
         job, outcome = event.job, event.outcome
         if self.joblog is not None:
-            self.joblog.write_attempt(job, event.gpus, event.started_wall, event.runtime, outcome)
-        where = f" on {gpu_label(event.gpus)}" if event.gpus else ""
+            self.joblog.write_attempt(job, event.gpus, event.started_wall, event.runtime, outcome,
+                                      _node(event.host))
+        where = f" on {gpu_label(event.gpus, _node(event.host))}" if event.gpus else ""
         if outcome.ok:
             if self.console.verbosity >= 0:
                 self.console.line(
@@ -110,7 +112,7 @@ class ConsoleReport:
     def _gave_up(self, event: ev.GaveUp) -> None:
         self.console.line(
             f"{event.job.label()}: some of its processes are still there after SIGKILL; "
-            f"giving {gpu_label(event.gpus)} back anyway")
+            f"giving {gpu_label(event.gpus, _node(event.where))} back anyway")
 
     def _timeout(self, event: ev.TimeoutReached) -> None:
         self.console.debug(f"{event.job.label()} reached its timeout; terminating it")
@@ -179,3 +181,8 @@ def summary_lines(
     if resume_hint and (snap.failed or snap.not_started):
         lines.append(f"to run what did not succeed, feed the same input to: {resume_hint}")
     return lines
+
+
+def _node(host: str) -> str:
+    """The node to name in messages: none for this machine's jobs."""
+    return "" if host == "local" else host

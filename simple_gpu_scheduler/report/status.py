@@ -36,7 +36,7 @@ def status_table(snap: Snapshot, width: Optional[int] = None) -> List[str]:
     )
     lines = [head]
     if snap.running:
-        gpu_width = max(len(gpu_label(r.gpus)) for r in snap.running)
+        gpu_width = max(len(gpu_label(r.gpus, r.host)) for r in snap.running)
         names = [cut_middle(r.name or "", MAX_NAME) for r in snap.running]
         # A NAME column only when some running job has a name (JSON lines).
         name_width = max(len(n) for n in names)
@@ -48,7 +48,7 @@ def status_table(snap: Snapshot, width: Optional[int] = None) -> List[str]:
         for r, name in zip(snap.running, names):
             shown = f"{name:<{name_width}}  " if name_width else ""
             lines.append(
-                f"  {r.job_id:>5}  {gpu_label(r.gpus):<{gpu_width}}  "
+                f"  {r.job_id:>5}  {gpu_label(r.gpus, r.host):<{gpu_width}}  "
                 f"{format_duration(r.runtime):>7}  {shown}{cut_middle(r.command, room)}"
             )
     return lines
