@@ -36,6 +36,8 @@ print their CUDA_VISIBLE_DEVICES, each a valid slot).
 
 W7 (a long queue of jobs added to a `--serve` run) compares ours with task-spooler
 (`tsp`), not with the tools above: see `_queue_workload.py`.
+W8 (200 × `sleep 0.5` on a two-node local Ray cluster) compares ours `--ray` with a
+plain Ray script, `ray_baseline.py`: see `_ray_workload.py`.
 
 The targets of the issue are checked for our scheduler and listed at the end.
 They were set for a 2-core machine.
@@ -54,13 +56,14 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _queue_workload import w7_queue  # noqa: E402
+from _ray_workload import w8_ray  # noqa: E402
 from _report import load_average, machine_lines, targets_section  # noqa: E402
 from _scheduler_workloads import w3_stream, w4_idle  # noqa: E402
 from _tools import ALL_TOOLS, ORIG_SPEC, discover, parse_tools  # noqa: E402
 from _workloads import Bench, Config, w1_throughput, w2_dispatch, w5_one_job, w6_features  # noqa: E402
 
 WORKLOADS = {"W1": w1_throughput, "W2": w2_dispatch, "W3": w3_stream, "W4": w4_idle,
-             "W5": w5_one_job, "W6": w6_features, "W7": w7_queue}
+             "W5": w5_one_job, "W6": w6_features, "W7": w7_queue, "W8": w8_ray}
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VENVS = Path(tempfile.gettempdir()) / "simple_gpu_scheduler-bench-venvs"
@@ -71,11 +74,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
         description="Compare simple_gpu_scheduler with xargs -P, GNU parallel and the "
-        "original 0.1.4 on seven workloads; print markdown tables (median, min, max, ratios).",
+        "original 0.1.4 on eight workloads; print markdown tables (median, min, max, ratios).",
         epilog="Workloads: W1 throughput, W2 dispatch, W3 memory on a long stream + SIGINT, "
         "W4 idle CPU, W5 one job, W6 --tag/--joblog, W7 a long queue of added jobs (ours "
-        "and task-spooler's tsp, when installed, whatever --tools says). Tools: xargs, "
-        "parallel, orig (0.1.4), ours.")
+        "and task-spooler's tsp, when installed, whatever --tools says), W8 a two-node "
+        "local Ray cluster (ours --ray and a plain Ray script; needs Ray in ours' Python). "
+        "Tools: xargs, parallel, orig (0.1.4), ours.")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds, not minutes): a smoke test, not a measurement")
     p.add_argument("--tools", default=",".join(ALL_TOOLS),
@@ -84,7 +88,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="comma-separated workloads to run (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=None,
                    help="repetitions per workload (default: 3, or 2 with --quick; "
-                   "W5 always takes 20, or 3 with --quick)")
+                   "W5 always takes 20, or 3 with --quick; W8 1 with --quick)")
     p.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--venv-dir", default=str(DEFAULT_VENVS),
                    help="where the throw-away virtual environments live (default: %(default)s)")

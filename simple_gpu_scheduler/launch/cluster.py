@@ -50,8 +50,11 @@ INSTALL = 'pip install "simple_gpu_scheduler[ray]"'
 #: Seconds the TCP look at a HOST:PORT address may take.
 CONNECT_TIMEOUT = 5.0
 #: Seconds the pump's ``ray.wait`` waits before it looks for new tasks (a
-#: task's items wake it at once; only a new task's first waits this long).
+#: task's items wake it at once; only a new task's first waits this long),
+#: and while some task has not said it started (its start, and where, is
+#: what a signal to it needs).
 WAIT = 0.1
+SOON = 0.01
 #: Seconds a job's end waits for the last of its ``--tag`` output to be copied.
 OUTPUT_WAIT = 0.5
 #: Ray's messages that are not about our jobs (a node marked dead, a raylet
@@ -213,6 +216,8 @@ class ClusterLauncher:
         self._closing = False
         self._pump_done = threading.Event()
         self._agents: Dict[str, Any] = {}
+        #: ``--tag`` copies that may still be running, for `finish` (the pump's)
+        self._copies: List[Copy] = []
         self._tasks: Dict[float, Any] = {}
         self._keeper = ray.put(_keeper_source())
         # No CPU: the nodes' CPU counts must not cap GPU jobs. No Ray retries:
@@ -275,10 +280,11 @@ class ClusterLauncher:
         return execution
 
     def finish(self) -> None:
-        """Let the last copies of job output arrive, then leave the cluster."""
-        for execution in list(self._live.values()):
-            for copy in execution.copies:
-                copy.finish()
+        """Let the last copies of job output arrive (a slow reader downstream
+        still gets every line), then leave the cluster."""
+        for copy in self._copies:
+            copy.finish()
+        self._copies = []
         self._stop_pump()
         try:
             self._ray.shutdown()
@@ -337,13 +343,16 @@ class ClusterLauncher:
             while True:
                 with self._lock:
                     refs = list(self._live)
+                    # A task not heard of as started yet (just submitted) is in
+                    # this list from the next call on: look again soon.
+                    soon = any(not ex.keeper for ex in self._live.values())
                 if not refs:
                     if self._closing:
                         return
                     self._wake.wait(0.5)
                     self._wake.clear()
                     continue
-                ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT)
+                ready, rest = ray.wait(refs, num_returns=1, timeout=SOON if soon else WAIT)
                 if not ready:
                     continue
                 if rest:
@@ -439,6 +448,7 @@ class ClusterLauncher:
             assert reactor is not None
             execution.copies = streams.start_copies(
                 lambda: reactor.call_soon_threadsafe(lambda: self._copied(execution)))
+            self._copies = [c for c in self._copies if not c.join(0)] + execution.copies
 
     def _write(self, execution: ClusterExecution, kind: str, data: bytes) -> None:
         streams = execution.streams

@@ -95,7 +95,7 @@ def run_job(spec: Dict[str, Any], keeper_source: str) -> Iterator[Tuple[Any, ...
     try:
         with open(os.devnull, "rb") as null:
             starter = subprocess.Popen(
-                [sys.executable, "-I", "-c", keeper_source, str(os.getpid()), str(status_w),
+                [sys.executable, "-I", "-S", "-c", keeper_source, str(os.getpid()), str(status_w),
                  repr(float(spec["grace"])), spec["shell"], spec["token"], spec["command"]],
                 stdin=null, stdout=out_w, stderr=err_w, pass_fds=(status_w,), env=env,
                 cwd=cwd or None)

@@ -154,7 +154,9 @@ class Killed(_Outcome):
     __slots__ = ("signal",)
 
     def __init__(self, signal: int) -> None:
-        self.signal = signal
+        # A plain int: `signal.SIGTERM` is an IntEnum, which Python 3.9 writes
+        # as "Signals.SIGTERM" in a job log's Signal column.
+        self.signal = int(signal)
 
     def describe(self) -> str:
         return f"killed by {signal_name(self.signal)}"
@@ -168,7 +170,7 @@ class TimedOut(_Outcome):
     def __init__(self, seconds: float, signal: int = signal.SIGTERM) -> None:
         self.seconds = seconds
         #: The signal that finally ended it (SIGTERM, or SIGKILL after the grace).
-        self.signal = signal
+        self.signal = int(signal)
 
     def describe(self) -> str:
         return f"timed out after {format_duration(self.seconds)}"

@@ -37,8 +37,10 @@ def test_help() -> None:
 
 def test_quick_run_prints_every_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
+    # Every workload, W8's local Ray cluster too (its start and stop are most
+    # of the run's time on 2 cores: 40-80 s in all).
     done = run_bench("--quick", "--repeat", "1", "--tools", "xargs,ours", "--ours-from-path",
-                     "--out", str(out))
+                     "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
     assert "Machine:" in text and "Reproduce:" in text

@@ -10,6 +10,7 @@ from simple_gpu_scheduler.model.jobs import (
     Job,
     Killed,
     NotStarted,
+    TimedOut,
     outcome_from_returncode,
 )
 
@@ -53,3 +54,11 @@ def test_outcome_from_returncode() -> None:
     assert Exited(3).describe() == "exit 3"
     assert "NUL" in FailedToStart("the command contains a NUL byte").describe()
     assert not NotStarted().ok
+
+
+def test_signals_in_outcomes_are_plain_ints() -> None:
+    # `signal.SIGTERM` is an IntEnum: Python 3.9 would write it as
+    # "Signals.SIGTERM" in a job log's Signal column.
+    for outcome in (Killed(signal.SIGTERM), TimedOut(1.0, signal.SIGKILL)):
+        assert type(outcome.signal) is int
+        assert str(outcome.signal) in ("15", "9")
