@@ -98,6 +98,13 @@ def connect(address: str, say: Callable[[str], None]) -> Cluster:
         import ray._private.worker as ray_worker
     except ImportError:
         raise UsageError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+    if address.startswith("ray://"):
+        # Ray Client runs no streaming tasks (ray-project/ray#43357), and
+        # they are how a job's output, start and end come back.
+        raise UsageError(
+            f"--ray {address}: Ray Client (ray://) cannot run the streaming tasks that "
+            "bring jobs' output back; run the scheduler on a machine of the cluster and "
+            "give the head's HOST:PORT (or auto)")
     _reachable(address)
     # Ray prints cluster-wide errors (a node marked dead) to our stdout, which
     # is the jobs' output stream: they go to stderr as our messages instead.
@@ -214,6 +221,8 @@ class ClusterLauncher:
         #: the running tasks' streams (generator -> execution), the pump's to wait on
         self._live: Dict[Any, ClusterExecution] = {}
         self._closing = False
+        #: why the cluster cannot be used any more (the pump met an error of Ray's)
+        self._dead: Optional[str] = None
         self._pump_done = threading.Event()
         self._agents: Dict[str, Any] = {}
         #: ``--tag`` copies that may still be running, for `finish` (the pump's)
@@ -224,8 +233,12 @@ class ClusterLauncher:
         # --retries decides. And Ray's default for a GPU task is a new worker
         # process each time (about 0.5 s a job): reuse them; nothing a job
         # does stays in the worker, it runs in the keeper's process tree.
+        # And at most 64 items of output held for us: past them the task waits
+        # (and the job with it, on its full pipe), as a local job waits for a
+        # slow reader, instead of the object store growing.
         self._task = ray.remote(num_returns="streaming", num_cpus=0, max_retries=0,
-                                max_calls=0)(cluster_node.run_job)
+                                max_calls=0, _generator_backpressure_num_objects=64
+                                )(cluster_node.run_job)
         self._agent = ray.remote(cluster_node.Agent)
 
     # --- the Launcher protocol ------------------------------------------------
@@ -256,6 +269,8 @@ class ClusterLauncher:
         assert self._reactor is not None, "attach first"
         if job.invalid:
             raise LaunchError(job.invalid)
+        if self._dead is not None:
+            raise LaunchError(self._dead)
         env = dict(job.env) if job.whole_env else dict(self._base_env)
         if not job.whole_env:
             env.update(job.env)
@@ -360,18 +375,41 @@ class ClusterLauncher:
                     ready += more
                 posts: List[Tuple[Any, ...]] = []
                 for ref in ready:
-                    self._take(ref, posts)
+                    try:
+                        self._take(ref, posts)
+                    except Exception as exc:  # ours, about one job: that attempt fails
+                        self._drop(ref, f"its output could not be handled: {_first_line(exc)}",
+                                   posts)
                 if posts:
                     self._post(posts)
-        except Exception as exc:  # the cluster went away: every job is lost
+        except Exception as exc:  # Ray's own calls fail: the cluster is gone for us
             if not self._closing:
-                why = _first_line(exc)
+                self._dead = f"the Ray cluster went away: {_first_line(exc)}"
+                posts = []
                 with self._lock:
-                    lost = list(self._live.values())
-                    self._live.clear()
-                self._post([("lost", ex, f"the Ray cluster went away: {why}") for ex in lost])
+                    refs = list(self._live)
+                for ref in refs:
+                    try:
+                        self._ray.cancel(ref, force=False)
+                    except Exception:
+                        pass
+                    self._drop(ref, self._dead, posts)
+                self._post(posts)
         finally:
             self._pump_done.set()
+
+    def _drop(self, ref: Any, why: str, posts: List[Tuple[Any, ...]]) -> None:
+        """Give up on one task's stream: its attempt is lost, and cleared."""
+        with self._lock:
+            execution = self._live.pop(ref, None)
+        if execution is None or execution.cleared:
+            return
+        if execution.outcome is None:
+            execution.outcome = Lost(why)
+        if execution.streams is not None:
+            execution.streams.close_writers()
+        execution.cleared = True
+        posts.append(("cleared", execution))
 
     def _stop_pump(self) -> None:
         self._closing = True
@@ -408,7 +446,11 @@ class ClusterLauncher:
             if item[2]:
                 posts.append(("ended", execution, execution.outcome, True))
             return
-        if kind == "failed":
+        # The first end known is the one: an error of Ray's after the job's
+        # own exit (its node going while the task said goodbye) changes nothing.
+        if execution.outcome is not None:
+            pass
+        elif kind == "failed":
             _, reason, execution.host, gpus = item
             execution.gpus = tuple(gpus)
             execution.outcome = FailedToStart(reason)
@@ -416,7 +458,7 @@ class ClusterLauncher:
             execution.outcome = Lost(item[1])
         elif kind == "error":
             execution.outcome = self._failure(execution, item[1])
-        elif kind == "gone" and execution.outcome is None:
+        elif kind == "gone":
             execution.outcome = Killed(execution.last_signal or signal.SIGKILL)
         if kind in ("cleared", "failed", "lost", "error", "gone"):
             with self._lock:
@@ -476,7 +518,9 @@ class ClusterLauncher:
             return Lost(f"its Ray worker on{where or ' the node'} died")
         if isinstance(exc, rex.OwnerDiedError):
             return Lost("Ray lost the task")
-        return Lost(f"Ray: {_first_line(exc)}")
+        # A task's own error says "ray::run_job() (pid=...)" first: its cause
+        # is what explains.
+        return Lost(f"Ray: {_first_line(getattr(exc, 'cause', None) or exc)}")
 
     # --- on the engine's thread -----------------------------------------------
 
@@ -490,10 +534,6 @@ class ClusterLauncher:
             elif kind == "ended":
                 execution.reported = True
                 self._events.ended(execution, post[2], post[3])
-            elif kind == "lost":
-                execution.outcome = Lost(post[2])
-                execution.cleared = True
-                self._clear(execution)
             elif kind == "cleared":
                 if all(copy.join(0) for copy in execution.copies):
                     self._clear(execution)

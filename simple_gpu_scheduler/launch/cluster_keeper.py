@@ -139,10 +139,12 @@ class Keeper:
             signal.signal(signum, lambda s, f: None)  # recorded by the wake-up fd
         try:
             watch = os.pidfd_open(worker)
-        except OSError:
+        except (AttributeError, OSError) as exc:
+            self.say(f"error the node cannot watch a process (pidfd_open, Linux 5.3): {exc}")
             return 1
         if os.getppid() != worker:
-            return 1  # the worker is gone already: nobody wants this job now
+            self.say("error its Ray worker went away before the job started")
+            return 1
         if os.fork():
             os._exit(0)  # the worker reaps this one; the keeper is an orphan from here on
         os.setsid()
@@ -156,7 +158,7 @@ class Keeper:
         try:
             self.job = spawn(shell, [os.fsencode(shell), b"-c", command], dict(os.environ),
                              setsid=True, setsigdef=JOB_DEFAULTS)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, NotImplementedError) as exc:
             self.say(f"error cannot run the shell {shell}: {getattr(exc, 'strerror', exc)}")
             return 1
         null = os.open(os.devnull, os.O_RDWR)
@@ -182,8 +184,11 @@ class Keeper:
                 self.kill_at = None
                 self.give_up_at = now + AFTER_KILL
                 self.signal_tree(signal.SIGKILL)
-            if self.give_up_at is not None and now >= self.give_up_at:
-                return 1  # unkillable (uninterruptible sleep): nothing more to do
+            if self.give_up_at is not None:
+                if now >= self.give_up_at:
+                    return 1  # unkillable (uninterruptible sleep): nothing more to do
+                # Again at every look: a process forked since the last one.
+                self.signal_tree(signal.SIGKILL)
             deadline = self.kill_at if self.kill_at is not None else self.give_up_at
             # Zombies of grandchildren wake nobody: poll while something of
             # the tree is being ended.
@@ -213,7 +218,13 @@ def main(argv: List[str]) -> int:
     """``WORKER_PID STATUS_FD GRACE SHELL TOKEN COMMAND`` (TOKEN names the
     attempt in our command line, for the agent's check before a signal)."""
     worker, status_fd, grace, shell, _token, command = argv
-    return Keeper(int(status_fd), float(grace)).run(shell, os.fsencode(command), int(worker))
+    keeper = Keeper(int(status_fd), float(grace))
+    try:
+        return keeper.run(shell, os.fsencode(command), int(worker))
+    except Exception as exc:  # one line for the scheduler, not a traceback nobody reads
+        keeper.say(f"error the job's keeper failed: {type(exc).__name__}: {exc}")
+        keeper.signal_tree(signal.SIGKILL)
+        return 1
 
 
 if __name__ == "__main__":

@@ -90,37 +90,48 @@ def run_job(spec: Dict[str, Any], keeper_source: str) -> Iterator[Tuple[Any, ...
     if cwd and not os.path.isdir(cwd):
         yield ("failed", f"working directory {cwd} does not exist on {label}", label, gpus)
         return
-    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, status
-    (out_r, out_w), (err_r, err_w), (status_r, status_w) = pipes
+    grace = float(spec["grace"])
+    fds: List[int] = []  # ours to close, until the stream owns them
+    stream: Optional[_Stream] = None
     try:
-        with open(os.devnull, "rb") as null:
-            starter = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", keeper_source, str(os.getpid()), str(status_w),
-                 repr(float(spec["grace"])), spec["shell"], spec["token"], spec["command"]],
-                stdin=null, stdout=out_w, stderr=err_w, pass_fds=(status_w,), env=env,
-                cwd=cwd or None)
-    except (OSError, ValueError) as exc:
-        for fd in (out_r, out_w, err_r, err_w, status_r, status_w):
-            os.close(fd)
-        yield ("failed", f"cannot start its keeper on {label}: {exc}", label, gpus)
-        return
-    for fd in (out_w, err_w, status_w):
-        os.close(fd)
-    stream = _Stream(out_r, err_r, status_r)
-    try:
+        for _ in range(3):  # stdout, stderr, status
+            fds.extend(os.pipe())
+        out_r, out_w, err_r, err_w, status_r, status_w = fds
+        failed = None
+        try:
+            with open(os.devnull, "rb") as null:
+                starter = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", keeper_source, str(os.getpid()),
+                     str(status_w), repr(grace), spec["shell"], spec["token"], spec["command"]],
+                    stdin=null, stdout=out_w, stderr=err_w, pass_fds=(status_w,), env=env,
+                    cwd=cwd or None)
+        except (OSError, ValueError) as exc:
+            failed = f"cannot start its keeper on {label}: {exc}"
+        stream = _Stream(out_r, err_r, status_r)
+        fds = [out_w, err_w, status_w]
+        while fds:
+            os.close(fds.pop())
+        if failed is not None:
+            yield ("failed", failed, label, gpus)
+            return
         starter.wait()  # the keeper's first process exits at once (see cluster_keeper)
         yield from stream.run(label, gpus, node_id)
-    except KeyboardInterrupt:
+    except BaseException:
         # `ray.cancel`: the driver stops a job it has not heard of as started
-        # this way, and Ray interrupts the task wherever it is. Whatever is
-        # yielded now is dropped, so the keeper's own ladder ends the job, and
-        # the task waits for it before it ends (Ray frees the GPUs then).
-        stream.stop_keeper(float(spec["grace"]) + 10.0)
+        # this way, and Ray interrupts the task wherever it is (or closes the
+        # generator). Whatever is yielded now is dropped, so the keeper's own
+        # ladder ends the job, and the task waits for it before it ends (Ray
+        # frees the GPUs then).
+        if stream is not None:
+            stream.stop_keeper(grace + 10.0)
         raise
     finally:
+        for fd in fds:
+            os.close(fd)
         # Closing the status pipe also tells a keeper still there that nobody
         # watches its job any more: it ends the job (see cluster_keeper).
-        stream.close()
+        if stream is not None:
+            stream.close()
 
 
 class _Stream:

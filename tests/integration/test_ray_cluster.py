@@ -352,6 +352,7 @@ def test_list_gpus_lists_the_nodes(cluster: LocalCluster, tmp_path: Path) -> Non
 @pytest.mark.parametrize("address, message", [
     ("127.0.0.1:1", "cannot reach the Ray cluster"),
     ("nonsense", "not an address"),
+    ("ray://127.0.0.1:10001", "Ray Client (ray://) cannot run the streaming tasks"),
 ])
 def test_a_bad_address_is_one_line(tmp_path: Path, address: str, message: str) -> None:
     started = time.monotonic()

@@ -21,7 +21,18 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import fake_ray
 import pytest
@@ -568,3 +579,31 @@ def test_a_refused_job_fails_without_a_task_and_the_others_run(
     assert ended.outcome.reason.startswith("it can never run here: ")
     assert run.outcome(2) == Exited(0) and (env.tmp / "ran").exists()
     assert len(env.fake.tasks) == 1 and not (env.tmp / "refused").exists()
+
+
+def test_a_cluster_that_goes_away_ends_the_run_with_every_job_reported(
+        env: ClusterEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray's own calls fail from some moment on (the GCS gone): the jobs then
+    # running are lost, those after them cannot start, and the run ends
+    # instead of waiting forever for streams nobody reads.
+    real_wait = env.fake.module.wait
+    broken: List[bool] = []
+
+    def wait(*args: Any, **kwargs: Any) -> Any:
+        if broken:
+            raise ConnectionError("GCS unreachable")
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(env.fake.module, "wait", wait)
+
+    def setup(loop: Loop) -> None:
+        when(loop, lambda: (env.tmp / "ready").exists() and placed(loop, 1),
+             lambda: broken.append(True))
+
+    run = env.run(lines(["touch ready; exec sleep 300", "true"]), slots=1, setup=setup)
+    (first,) = run.ended(1)
+    assert first.outcome == Lost("the Ray cluster went away: GCS unreachable")
+    (second,) = run.ended(2)
+    assert second.outcome == FailedToStart("the Ray cluster went away: GCS unreachable")
+    assert run.status == 1
+    env.kill_processes()
