@@ -391,11 +391,12 @@ def _run(
     source = InputSource(0, make_job, continuation=not jsonl)
     local = LocalLauncher(shell=args.shell, output=output)
     launcher: Launcher = local
+    on_cluster = None
     if cluster is not None:
         from ..launch.cluster import ClusterLauncher
 
-        launcher = ClusterLauncher(cluster, local.shell, output, args.kill_grace,
-                                   plan.jobs_per_gpu or 1)
+        launcher = on_cluster = ClusterLauncher(cluster, local.shell, output, args.kill_grace,
+                                                plan.jobs_per_gpu or 1)
     pool = GpuPool(plan.ids, plan.jobs_per_gpu, memory=plan.memory, mig=plan.mig)
     report = ConsoleReport(console, joblog=joblog, progress=progress, resume_hint=resume_hint,
                            status_width=_status_width)
@@ -429,6 +430,11 @@ def _run(
     loop = Loop(settings, launcher, source, pool, listener, gate=plan.gate,
                 owners=local.leaders, total=total)
     loop.serving = args.serve
+    if on_cluster is not None:
+        from ..model.events import Notice
+        from .ray_options import follow_cluster
+
+        on_cluster.on_change = follow_cluster(pool, lambda text: loop.emit(Notice(text, 0)))
     if plan.gate is not None:
         from ..model.events import Notice
 

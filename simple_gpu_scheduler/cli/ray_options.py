@@ -4,7 +4,7 @@ The options about this machine's GPUs (which ids, who else uses them, their
 locks) do not apply there: Ray places each job on a node and gives it GPUs,
 so they are refused with a reason rather than silently ignored. The run's
 pool is the cluster's GPU slots, ``ray:0`` and on, one per GPU the cluster
-has when the run starts (see `launch.cluster`).
+has, following the nodes that join or die (`follow_cluster`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from ..errors import UsageError
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import List, Tuple
+    from typing import Callable, List, Tuple
 
     from ..launch.cluster import Cluster
+    from ..placement.pool import GpuPool
     from ..report.console import Console
     from .gpu_options import GpuPlan
 
@@ -88,3 +89,21 @@ def list_cluster(args: argparse.Namespace, console: Console) -> int:
                  "NODE is what SGS_NODE and the job log's Host say")
     cluster.leave()
     return 0
+
+
+def follow_cluster(pool: GpuPool, say: Callable[[str], None]) -> Callable[[Cluster], None]:
+    """What the run does when nodes join or die: one pool slot per GPU the
+    cluster has now. A slot past the count takes no new job (what runs there
+    goes on: a job on a dead node is lost anyway); a slot comes back, or is
+    added, when GPUs join."""
+
+    def resized(now: Cluster) -> None:
+        for index in range(max(now.gpus, len(pool.ids))):
+            slot = f"ray:{index}"
+            if index < now.gpus:
+                pool.add_gpu(slot)  # new, or back
+            else:
+                pool.set_removed(slot, True)
+        say(f"the Ray cluster has {len(now.nodes)} node(s) and {now.gpus} GPU(s) now")
+
+    return resized

@@ -7,7 +7,8 @@ slots (``ray:0`` ... one per GPU of the cluster, each shared by
 has room for: input order and priorities hold (Ray keeps no order among
 waiting tasks), and a ten-million-line stream is never submitted at once.
 Ray picks the node and its GPUs; the task says which (`cluster_node`), and
-this launcher tells the engine that the job is `placed`.
+this launcher tells the engine that the job is `placed`. Every `LOOK_EVERY`
+seconds the pump looks at the nodes, and `on_change` resizes the slots.
 
 Threads: the engine's thread submits tasks and sends signals (Ray's calls
 are thread-safe, and neither waits for the cluster). One pump thread waits
@@ -55,6 +56,8 @@ CONNECT_TIMEOUT = 5.0
 #: what a signal to it needs).
 WAIT = 0.1
 SOON = 0.01
+#: Seconds between the pump's looks at the cluster's nodes (one joined, one died).
+LOOK_EVERY = 5.0
 #: Seconds a job's end waits for the last of its ``--tag`` output to be copied.
 OUTPUT_WAIT = 0.5
 #: Ray's messages that are not about our jobs (a node marked dead, a raylet
@@ -225,6 +228,10 @@ class ClusterLauncher:
         self._dead: Optional[str] = None
         self._pump_done = threading.Event()
         self._agents: Dict[str, Any] = {}
+        #: called on the engine's thread when the cluster's nodes or GPUs change
+        #: (the composition root resizes the run's pool of slots)
+        self.on_change: Optional[Callable[[Cluster], None]] = None
+        self._next_look = time.monotonic() + LOOK_EVERY
         #: ``--tag`` copies that may still be running, for `finish` (the pump's)
         self._copies: List[Copy] = []
         self._tasks: Dict[float, Any] = {}
@@ -356,6 +363,8 @@ class ClusterLauncher:
         ray = self._ray
         try:
             while True:
+                if time.monotonic() >= self._next_look:
+                    self._look()
                 with self._lock:
                     refs = list(self._live)
                     # A task not heard of as started yet (just submitted) is in
@@ -397,6 +406,15 @@ class ClusterLauncher:
                 self._post(posts)
         finally:
             self._pump_done.set()
+
+    def _look(self) -> None:
+        """Whether nodes joined or died since the last look: the slots follow."""
+        self._next_look = time.monotonic() + LOOK_EVERY
+        now = Cluster(self.cluster.address, self._ray.nodes())
+        before = self.cluster
+        if (now.gpus, now.largest, len(now.nodes)) != (before.gpus, before.largest,
+                                                       len(before.nodes)):
+            self._post([("cluster", now)])
 
     def _drop(self, ref: Any, why: str, posts: List[Tuple[Any, ...]]) -> None:
         """Give up on one task's stream: its attempt is lost, and cleared."""
@@ -528,7 +546,11 @@ class ClusterLauncher:
         assert self._events is not None and self._reactor is not None
         for post in posts:
             kind, execution = post[0], post[1]
-            if kind == "placed":
+            if kind == "cluster":
+                self.cluster = post[1]
+                if self.on_change is not None:
+                    self.on_change(self.cluster)
+            elif kind == "placed":
                 execution.placed = True
                 self._events.placed(execution)
             elif kind == "ended":

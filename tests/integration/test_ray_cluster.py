@@ -407,6 +407,9 @@ def test_a_node_dying_under_a_job_fails_that_attempt_and_it_retries(
         sgs.wait_stderr(rf"job {job_id} failed on .*lost: .*(node|worker).*will retry", 60)
     poll_until(lambda: len(sleeps(mark)) <= SLOTS - len(on_second), 30,
                what=lambda: f"the lost node's jobs to end: {sleeps(mark)}")
+    # Once Ray has the node dead (about 14 s), the run has fewer slots.
+    sgs.wait_stderr(rf"the Ray cluster has {NODES - 1} node\(s\) and "
+                    rf"{SLOTS - GPUS_PER_NODE} GPU\(s\) now", 60)
     for pid in sleeps(mark):
         os.kill(pid, signal.SIGTERM)
     assert sgs.wait(90) == 0, sgs.stderr()

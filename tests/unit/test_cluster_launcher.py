@@ -607,3 +607,25 @@ def test_a_cluster_that_goes_away_ends_the_run_with_every_job_reported(
     assert second.outcome == FailedToStart("the Ray cluster went away: GCS unreachable")
     assert run.status == 1
     env.kill_processes()
+
+
+def test_the_slots_follow_the_cluster_when_a_node_dies(
+        env: ClusterEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from simple_gpu_scheduler.cli.ray_options import follow_cluster
+
+    monkeypatch.setattr(cluster, "LOOK_EVERY", 0.05)
+    said: List[str] = []
+
+    def setup(loop: Loop) -> None:
+        launcher = loop.launcher
+        assert isinstance(launcher, ClusterLauncher)
+        launcher.on_change = follow_cluster(loop.pool, said.append)
+        when(loop, lambda: placed(loop, 1), lambda: env.fake.kill_node(NODE_B))
+        # Ends the job once the run has seen the cluster shrink.
+        when(loop, lambda: bool(said), lambda: (env.tmp / "go").touch())
+
+    run = env.run(lines(["while [ ! -e go ]; do sleep 0.02; done"]), setup=setup)
+    assert said == ["the Ray cluster has 1 node(s) and 2 GPU(s) now"]
+    pool = run.loop.pool
+    assert [pool.gpu(f"ray:{i}").removed for i in range(4)] == [False, False, True, True]
+    assert run.launcher.cluster.largest == 2 and run.launcher.cluster.gpus == 2
