@@ -36,6 +36,7 @@ from ..errors import LaunchError, UsageError
 from ..model.jobs import FailedToStart, Killed, Lost, outcome_from_returncode
 from ..report.console import write_fd
 from . import cluster_node
+from .local import job_environment
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
@@ -278,11 +279,8 @@ class ClusterLauncher:
             raise LaunchError(job.invalid)
         if self._dead is not None:
             raise LaunchError(self._dead)
-        env = dict(job.env) if job.whole_env else dict(self._base_env)
-        if not job.whole_env:
-            env.update(job.env)
-        env.pop("CUDA_VISIBLE_DEVICES", None)
-        env["SGS_JOB_ID"] = str(job.id)
+        env = job_environment(self._base_env, job, ())
+        del env["CUDA_VISIBLE_DEVICES"]  # Ray sets it on the node, for the GPUs it gives
         token = f"sgs-{self._run}-{job.id}-{job.attempts}"
         spec = {"command": job.command, "env": env, "cwd": job.cwd or self._cwd,
                 "shell": self.shell, "grace": self._grace, "token": token,
