@@ -16,6 +16,11 @@ Decisions
   tasks in flight as the cluster has GPUs. It is the floor Ray allows for this job
   stream; what ours adds over it (a keeper process per job, the job's environment
   and working directory, the engine) is what the ratio shows.
+- **Ours through Ray Client** (`--ray ray://HOST:PORT`, a third row, no target): the
+  cluster also runs a Ray Client server (`LocalCluster(client=True)`, in `--mode=legacy`,
+  see there), and ours joins through it, so the driver is that server and each job's
+  start, output and end come back through the run's mailbox actor instead of the
+  task's stream (`launch/cluster_client.py`). What the row shows is that feed's cost.
 - **Wall time**: spawn to exit of each driver, `import ray` and `ray.init` included
   for both (both are drivers; a scheduler run is one Ray job, so each run starts its
   own workers). The script's own phases (import, init, jobs, shutdown) are noted.
@@ -209,7 +214,7 @@ def w8_ray(bench: Bench) -> Section:
                          f"(Ray {cluster_version}).")
         return sec
     root = tempfile.mkdtemp(prefix="w8-", dir=bench.tmp)
-    cluster = LocalCluster(root, gpus_per_node=GPUS_PER_NODE, nodes=NODES)
+    cluster = LocalCluster(root, gpus_per_node=GPUS_PER_NODE, nodes=NODES, client=True)
     began = time.monotonic()
     try:
         cluster.start()
@@ -227,9 +232,14 @@ def w8_ray(bench: Bench) -> Section:
             else:
                 bench.log(f"W8 warm-up: {warm.seconds:.3f} s")
         ours_label = f"{ours.label} `--shell /bin/sh --ray`"
+        # And ours through Ray Client (ray://, the mailbox feed), for what that
+        # costs: no target of its own (the script runs on a node, as ours above).
+        client_label = f"{ours.label} `--shell /bin/sh --ray ray://` (Ray Client)"
         variants = [Variant(ours_label, [str(ours.script), "--shell", SH, "--ray",
                                          cluster.address], env),
-                    Variant(SCRIPT_LABEL, script_argv, env)]
+                    Variant(SCRIPT_LABEL, script_argv, env),
+                    Variant(client_label, [str(ours.script), "--shell", SH, "--ray",
+                                           cluster.client_address], env)]
         run_interleaved(bench, "W8", variants, _stdin(bench, "w8.in", f"sleep {s}", n), reps)
         _rows(sec, variants, ours_label, ideal)
         sec.notes += _script_phases(report, n)

@@ -42,7 +42,8 @@ What it models:
   instance on the node its NodeAffinitySchedulingStrategy names (names are
   unique, as Ray's named actors are); ``handle.method.remote(*args)`` runs
   the method at once, in the caller's thread, and returns a ref to its
-  result. Every call is recorded (`ActorCall`).
+  result. Every call is recorded (`ActorCall`). ``ray.kill(handle)`` is
+  recorded too (`FakeRay.killed`), and the actor's later calls fail.
 
 What it does not model: CPUs and other resources (recorded, never counted:
 the launcher asks for none), retries (the launcher asks for none), force
@@ -298,6 +299,7 @@ class ActorHandle:
         self.options = options
         self.name: Optional[str] = options.get("name")
         self.node = node
+        self.dead = False  # ray.kill
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
@@ -310,8 +312,8 @@ class ActorHandle:
         record = ActorCall(self, method, args)
         with fake.changed:
             fake.actor_calls.append(record)
-        if not self.node.alive:
-            record.error = RayActorError(f"the actor {self.name} died with its node")
+        if not self.node.alive or self.dead:
+            record.error = RayActorError(f"the actor {self.name} is dead")
             return ObjectRef(error=record.error)
         try:
             record.result = getattr(self._instance, method)(*pickle.loads(pickle.dumps(args)))
@@ -385,6 +387,8 @@ class FakeRay:
         self.cancels: List[Tuple[int, bool]] = []
         self.actors: List[ActorHandle] = []
         self.actor_calls: List[ActorCall] = []
+        #: the actors ``ray.kill`` was given, in order
+        self.killed: List[ActorHandle] = []
         #: the task a thread runs (for the runtime context)
         self.local = threading.local()
         self.module = self._make_modules()
@@ -460,7 +464,8 @@ class FakeRay:
         self.check_driver()
         return ObjectRef(pickle.loads(pickle.dumps(value)))
 
-    def get(self, ref: ObjectRef) -> Any:
+    def get(self, ref: ObjectRef, timeout: Optional[float] = None) -> Any:
+        """(`timeout` is taken and ignored: every fake value is there at once.)"""
         self.check_driver()
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"the fake's ray.get takes one ObjectRef, not {type(ref).__name__}")
@@ -505,6 +510,13 @@ class FakeRay:
             elif task.state == "running":
                 task.cancel_requested = True
             self.changed.notify_all()
+
+    def kill(self, actor: ActorHandle) -> None:
+        """``ray.kill(actor)``: recorded in `killed`; its later calls fail."""
+        self.check_driver()
+        with self.changed:
+            self.killed.append(actor)
+            actor.dead = True
 
     def remote(self, *args: Any, **options: Any) -> Any:
         """``ray.remote(f)``, ``ray.remote(cls)`` and ``ray.remote(**options)(f)``."""
@@ -634,6 +646,7 @@ class FakeRay:
         ray.__dict__.update(
             init=self.init, shutdown=self.shutdown, nodes=self.ray_nodes, put=self.put,
             get=self.get, wait=self.wait, cancel=self.cancel, remote=self.remote,
+            kill=self.kill,
             get_runtime_context=lambda: RuntimeContext(self), ObjectRef=ObjectRef)
         private = types.ModuleType("ray._private")
         worker = types.ModuleType("ray._private.worker")

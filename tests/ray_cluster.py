@@ -45,10 +45,10 @@ import time
 from typing import IO, Any, Dict, List, Optional, Set, Tuple
 
 #: Ports are handed out in blocks, one block per node. The layout of a block
-#: (offsets from its first port); offsets 8-27 are spare.
+#: (offsets from its first port); offsets 9-27 are spare.
 BLOCK_SIZE = 128
 _GCS, _NODE_MANAGER, _OBJECT_MANAGER, _AGENT_LISTEN, _AGENT_GRPC, _RUNTIME_ENV, \
-    _METRICS, _DASHBOARD = range(8)
+    _METRICS, _DASHBOARD, _CLIENT = range(9)
 _WORKERS_FIRST, _WORKERS_LAST = 28, BLOCK_SIZE - 1          # 100 worker ports a node
 
 #: Where the blocks come from: above Ray's default worker-port range (10002-19999,
@@ -122,7 +122,8 @@ class LocalCluster:
     """
 
     def __init__(self, root: str, gpus_per_node: int = 2, nodes: int = 2,
-                 cpus_per_node: int = 1, node_ips: Optional[Dict[int, str]] = None) -> None:
+                 cpus_per_node: int = 1, node_ips: Optional[Dict[int, str]] = None,
+                 client: bool = False) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least the head node")
         #: node index -> the address that node reports (``--node-ip-address``;
@@ -133,6 +134,14 @@ class LocalCluster:
         #: and is not the last node started: a driver takes the address the last
         #: `ray start` on the machine recorded in the session directory.
         self.node_ips = dict(node_ips or {})
+        #: Whether to run a Ray Client server beside the head (`client_address`).
+        #: Not the one ``ray start --head --ray-client-server-port`` starts: that
+        #: proxy forks a server per client from a thread of its gRPC server, and
+        #: with Ray 2.60 and grpcio 1.85 here the fork dies every time (ray-project/
+        #: ray#63202; "Starting Ray client server failed", empty logs). This one
+        #: runs in --mode=legacy: one server, a driver of the cluster, that every
+        #: client talks to; what a client does through it is the same.
+        self.client = client
         self.root = os.path.abspath(root)
         self.gpus_per_node = gpus_per_node
         self.nodes = nodes
@@ -166,6 +175,14 @@ class LocalCluster:
         if self._address is None:
             raise RuntimeError("the cluster is not started")
         return self._address
+
+    @property
+    def client_address(self) -> str:
+        """``ray://IP:PORT`` of the Ray Client server (with ``client=True``)."""
+        if not self.client or self._address is None:
+            raise RuntimeError("the cluster is not started with a Ray Client server")
+        host = self._address.rsplit(":", 1)[0]
+        return f"ray://{host}:{self.port_blocks[0] + _CLIENT}"
 
     def start(self, timeout: float = 90.0) -> None:
         """Start the head, then the other nodes; return once all of them are alive.
@@ -322,6 +339,33 @@ class LocalCluster:
         # Every node has its own node-manager port: that tells them apart.
         by_port = {entry["port"]: entry["id"] for entry in alive}
         self.node_ids = [by_port.get(block + _NODE_MANAGER, "") for block in self.port_blocks]
+        if self.client:
+            self._start_client(attempt, deadline)
+
+    def _start_client(self, attempt: int, deadline: float) -> None:
+        """Start the Ray Client server (see `client`), in a session of its own
+        like a node's, and return once it listens."""
+        assert self._ray is not None
+        log = os.path.join(self.root, f"ray-client-{attempt}.log")
+        port = self.port_blocks[0] + _CLIENT
+        host = self.address.rsplit(":", 1)[0]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [python_of(self._ray, self._node_groups[0]), "-m", "ray.util.client.server",
+                 f"--address={self.address}", f"--host={host}", f"--port={port}",
+                 "--mode=legacy"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=ray_env(),
+                start_new_session=True, cwd=self.root)
+        self._groups.append(proc.pid)
+        while True:
+            try:
+                socket.create_connection((host, port), 1.0).close()
+                return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray Client server did not start:\n{_read(log)}")
+            time.sleep(0.1)
 
     def _arguments(self, index: int) -> List[str]:
         """The ``ray start`` command line of node `index`."""

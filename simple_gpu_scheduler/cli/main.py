@@ -393,7 +393,7 @@ def _run(
     launcher: Launcher = local
     on_cluster = None
     if cluster is not None:
-        from ..launch.cluster import ClusterLauncher
+        from ..launch.cluster_launcher import ClusterLauncher
 
         launcher = on_cluster = ClusterLauncher(cluster, local.shell, output, args.kill_grace,
                                                 plan.jobs_per_gpu or 1)

@@ -35,8 +35,9 @@ def add_ray_argument(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray", nargs="?", const="auto", metavar="ADDRESS",
         help="run each job as a Ray task on the cluster at ADDRESS (auto, the default: "
-        "RAY_ADDRESS or the cluster running on this machine; or the head's HOST:PORT; the "
-        "scheduler runs on a machine of the cluster, not through ray:// Ray Client), "
+        "RAY_ADDRESS or the cluster running on this machine; the head's HOST:PORT, from a "
+        "machine of the cluster; or ray://HOST:PORT, the head's Ray Client server, from "
+        "anywhere), "
         "asking for --gpus-per-job GPUs, or 1/K of one with --jobs-per-gpu K, and no CPU; "
         'needs pip install "simple_gpu_scheduler[ray]". With --list-gpus: the nodes '
         "and their GPUs")

@@ -17,7 +17,11 @@ stderr, status), and yields, in this order:
 - ``("ended", exit code, lingering)`` when the job's shell has exited (code
   as `os.waitstatus_to_exitcode`);
 - ``("cleared",)`` once nothing of the job is left; or ``("lost", reason)``
-  when the keeper vanished and the job's end is unknown.
+  when the keeper vanished and the job's end is unknown;
+- and, if the spec's ``tick`` is above 0, ``("tick",)`` after each ``tick``
+  seconds without another item (for `cluster_client`: no driver on the
+  other side of a stream is noticed by Ray itself, but one behind a mailbox
+  is noticed only by looking).
 
 Output printed before the shell's exit comes before ``ended``; what the
 job's leftovers print comes before ``cleared``.
@@ -41,7 +45,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+    from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 #: Seconds the task waits, after the job is cleared, for its pipes to end.
 PIPE_WAIT = 2.0
@@ -70,9 +74,11 @@ def node_labels(nodes: Sequence[Mapping[str, Any]]) -> Dict[str, str]:
     return labels
 
 
-def run_job(spec: Dict[str, Any], keeper_source: str) -> Iterator[Tuple[Any, ...]]:
+def run_job(spec: Dict[str, Any], keeper_source: str
+            ) -> Generator[Tuple[Any, ...], None, None]:
     """One attempt of one job (see the module docstring). `spec`: command
-    (bytes), env, cwd, shell, grace, token and labels (node id -> label)."""
+    (bytes), env, cwd, shell, grace, token, labels (node id -> label) and
+    tick (seconds; optional)."""
     import ray
 
     context = ray.get_runtime_context()
@@ -115,7 +121,7 @@ def run_job(spec: Dict[str, Any], keeper_source: str) -> Iterator[Tuple[Any, ...
             yield ("failed", failed, label, gpus)
             return
         starter.wait()  # the keeper's first process exits at once (see cluster_keeper)
-        yield from stream.run(label, gpus, node_id)
+        yield from stream.run(label, gpus, node_id, float(spec.get("tick") or 0))
     except BaseException:
         # `ray.cancel`: the driver stops a job it has not heard of as started
         # this way, and Ray interrupts the task wherever it is (or closes the
@@ -153,15 +159,23 @@ class _Stream:
         self.ended = False
         self.cleared = False
 
-    def run(self, label: str, gpus: Tuple[str, ...], node_id: str) -> Iterator[Tuple[Any, ...]]:
+    def run(self, label: str, gpus: Tuple[str, ...], node_id: str, tick: float = 0.0
+            ) -> Iterator[Tuple[Any, ...]]:
         cleared_at: Optional[float] = None
+        said = time.monotonic()  # when the last item was given
         while True:
+            if tick and time.monotonic() - said >= tick:
+                said = time.monotonic()
+                yield ("tick",)
             open_outputs = [fd for fd in self.fds if fd != self.status]
             if cleared_at is not None and (not open_outputs
                                            or time.monotonic() > cleared_at + PIPE_WAIT):
                 break
-            timeout = 0.05 if cleared_at is not None else 1.0
-            for key, _ in self.selector.select(timeout):
+            timeout = 0.05 if cleared_at is not None else min(1.0, tick or 1.0)
+            events = self.selector.select(timeout)
+            if events:
+                said = time.monotonic()
+            for key, _ in events:
                 fd = int(key.fd)
                 name = self.fds.get(fd)
                 if name is None:

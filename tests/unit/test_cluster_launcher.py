@@ -43,8 +43,9 @@ from simple_gpu_scheduler.engine.loop import Loop
 from simple_gpu_scheduler.engine.steering import Steering
 from simple_gpu_scheduler.errors import UsageError
 from simple_gpu_scheduler.input.reader import InputSource, job_factory
-from simple_gpu_scheduler.launch import cluster, cluster_node
-from simple_gpu_scheduler.launch.cluster import ClusterLauncher, connect
+from simple_gpu_scheduler.launch import cluster_client, cluster_launcher, cluster_node
+from simple_gpu_scheduler.launch.cluster import connect
+from simple_gpu_scheduler.launch.cluster_launcher import ClusterLauncher
 from simple_gpu_scheduler.launch.streams import OutputMode, Passthrough, Tagged
 from simple_gpu_scheduler.model import events as ev
 from simple_gpu_scheduler.model.jobs import Exited, FailedToStart, Job, Killed, Lost
@@ -279,7 +280,7 @@ def test_connect_joins_and_knows_the_live_nodes(monkeypatch: pytest.MonkeyPatch)
                            "configure_logging": True}]
     assert handlers_now() == before  # Ray's SIGTERM handler went again
     assert os.environ["RAY_ENABLE_AUTO_CONNECT"] == "0"
-    assert fake.pickled_by_value == [cluster_node]
+    assert fake.pickled_by_value == [cluster_node, cluster_client]
     assert [n["NodeID"] for n in cluster.nodes] == [NODE_A, NODE_B]
     assert (cluster.gpus, cluster.largest) == (4, 2)
     assert cluster.labels == {NODE_A: LABEL_A, NODE_B: LABEL_B,
@@ -297,20 +298,31 @@ def test_ray_messages_about_the_cluster_are_said_as_ours(monkeypatch: pytest.Mon
     assert said == ["ray: a raylet died"]
 
 
-@pytest.mark.parametrize("local", [False, True])
+NO_RAY = "Could not find any running Ray instance.\nMore text."
+NO_GRPC = "Ray Client requires pip package `ray[client]`. If you ..."
+
+
+@pytest.mark.parametrize("address, refusal, why", [
+    ("auto", NO_RAY, "cannot join the Ray cluster: Could not find any running Ray instance."),
+    ("127.0.0.1:{port}", NO_RAY,
+     "cannot join the Ray cluster: Could not find any running Ray instance."),
+    # Ray without its `client` extra.
+    ("ray://127.0.0.1:{port}", NO_GRPC,
+     'Ray Client needs grpcio, which is not installed: pip install "simple_gpu_scheduler[ray]"'),
+])
 def test_connect_says_in_one_line_why_it_cannot_join(monkeypatch: pytest.MonkeyPatch,
-                                                     local: bool) -> None:
+                                                     address: str, refusal: str,
+                                                     why: str) -> None:
     with socket.socket() as server:
         # A HOST:PORT must answer a TCP connect before ray.init is tried.
         server.bind(("127.0.0.1", 0))
         server.listen()
-        address = f"127.0.0.1:{server.getsockname()[1]}" if local else "auto"
+        address = address.format(port=server.getsockname()[1])
         fake = fake_ray.install(monkeypatch, TWO_NODES)
-        fake.refused[address] = "Could not find any running Ray instance.\nMore text."
+        fake.refused[address] = refusal
         with pytest.raises(UsageError) as info:
             connect(address, lambda line: None)
-    assert str(info.value) == (f"--ray {address}: cannot join the Ray cluster: "
-                               "Could not find any running Ray instance.")
+    assert str(info.value) == f"--ray {address}: {why}"
     assert not fake.initialized
 
 
@@ -434,10 +446,10 @@ def test_output_printed_before_the_keeper_says_started_is_tagged_too(
         env: ClusterEnv, capfd: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The race made sure: the keeper says "started" a moment after the job starts.
-    source = cluster._keeper_source()
+    source = cluster_launcher._keeper_source()
     line = '        self.say(f"started {os.getpid()} {self.job}")'
     assert line in source
-    monkeypatch.setattr(cluster, "_keeper_source", lambda: source.replace(
+    monkeypatch.setattr(cluster_launcher, "_keeper_source", lambda: source.replace(
         line, "        time.sleep(0.3)\n" + line))
     run = env.run(lines(["echo early"]), output=Tagged())
     assert run.status == 0
@@ -613,7 +625,7 @@ def test_the_slots_follow_the_cluster_when_a_node_dies(
         env: ClusterEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     from simple_gpu_scheduler.cli.ray_options import follow_cluster
 
-    monkeypatch.setattr(cluster, "LOOK_EVERY", 0.05)
+    monkeypatch.setattr(cluster_launcher, "LOOK_EVERY", 0.05)
     said: List[str] = []
 
     def setup(loop: Loop) -> None:

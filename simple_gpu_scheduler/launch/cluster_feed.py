@@ -1,0 +1,153 @@
+"""How what a job's task says comes back to the driver: the two feeds of the
+Ray launcher.
+
+A task says, in order, that its job started (where, on which GPUs), what the
+job prints, that the job's shell exited, and that nothing of the job is left
+(the items of `cluster_node`). Then the task ends, normally or with an
+error of Ray's (cancelled, its node died). A feed submits tasks and gives
+the pump, for the tasks it is asked about, each new item and each task's
+end, in the order the task said them:
+
+- `StreamFeed`: each task is a streaming generator, whose items reach the
+  driver about a millisecond after they are yielded, held back (at most 64
+  of them unread) by Ray itself. The lowest cost; what a driver on a node of
+  the cluster uses.
+- `MailboxFeed`: Ray Client (``ray://``) runs no streaming tasks
+  (ray-project/ray#43357). Each task is a plain one that posts its items to
+  one mailbox actor of the run (`cluster_client`), and the pump takes them
+  from there, a few milliseconds later.
+
+The end of a task is the ``ray.get`` of its result: ``("gone",)`` when it
+returned, ``("error", exception)`` when Ray says it failed.
+"""
+
+from __future__ import annotations
+
+from . import cluster_client, cluster_node
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Tuple
+
+    Item = Tuple[Any, ...]
+
+#: Seconds a feed waits for something to happen before the pump looks again
+#: (for new tasks, the nodes, its own end): a task's items end the wait at
+#: once. `SOON` while some task has not said it started (its start, and
+#: where, is what a signal to it needs): a stream is waited on only from the
+#: next wait on, a mailbox at once.
+WAIT = 0.1
+SOON = 0.01
+#: Items of output a task may have waiting for the driver; past them it
+#: waits (and its job with it, on a full pipe), as a local job waits for a
+#: slow reader, instead of the object store or the mailbox growing.
+HOLD = 64
+#: Seconds of silence after which a mailbox task looks whether the mailbox
+#: (and with it the driver) is still there.
+TICK = 5.0
+
+
+def _end(ray: Any, ref: Any) -> Item:
+    try:
+        ray.get(ref)
+    except Exception as exc:
+        return ("error", exc)
+    return ("gone",)
+
+
+class StreamFeed:
+    """Each task a streaming generator; its stream is its ref."""
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self._base = ray.remote(num_returns="streaming", num_cpus=0, max_retries=0, max_calls=0,
+                                _generator_backpressure_num_objects=HOLD)(cluster_node.run_job)
+        self._by_share: Dict[float, Any] = {}
+        self.tick = 0.0
+
+    def submit(self, share: float, spec: Dict[str, Any], keeper: Any) -> Any:
+        task = self._by_share.get(share)
+        if task is None:
+            task = self._by_share[share] = self._base.options(num_gpus=share)
+        return task.remote(spec, keeper)
+
+    def take(self, refs: Iterable[Any], tokens: Dict[str, Any], soon: bool
+             ) -> List[Tuple[Any, Item]]:
+        """(ref, item) for the next item of each stream that has one, waiting
+        up to `WAIT` (or `SOON`) for the first."""
+        ray = self._ray
+        refs = list(refs)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=SOON if soon else WAIT)
+        if not ready:
+            return []
+        if rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        taken: List[Tuple[Any, Item]] = []
+        for ref in ready:
+            try:
+                item: Item = ray.get(next(ref))
+            except StopIteration:
+                item = ("gone",)
+            except Exception as exc:
+                item = ("error", exc)
+            taken.append((ref, item))
+        return taken
+
+    def close(self) -> None:
+        pass
+
+
+class MailboxFeed:
+    """Each task a plain one that posts to the run's mailbox; its result ref
+    is its ref."""
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        # A coroutine per waiting call: one `take`, and a `put` for each task
+        # held back by a full mailbox, so up to one per slot of the cluster.
+        self._mailbox = ray.remote(cluster_client.Mailbox).options(
+            num_cpus=0, max_restarts=0, max_concurrency=100000).remote(HOLD)
+        self._base = ray.remote(num_cpus=0, max_retries=0, max_calls=0)(cluster_client.post_job)
+        self._by_share: Dict[float, Any] = {}
+        #: items of a task whose ref the pump did not know yet (it is submitted
+        #: on the engine's thread, and may post before the pump hears of it)
+        self._held: Dict[str, List[Item]] = {}
+        self.tick = TICK
+
+    def submit(self, share: float, spec: Dict[str, Any], keeper: Any) -> Any:
+        task = self._by_share.get(share)
+        if task is None:
+            task = self._by_share[share] = self._base.options(num_gpus=share)
+        return task.remote(spec, keeper, self._mailbox)
+
+    def take(self, refs: Iterable[Any], tokens: Dict[str, Any], soon: bool
+             ) -> List[Tuple[Any, Item]]:
+        """(ref, item) for every item posted since the last call, waiting up
+        to `WAIT` for the first; then (ref, end) for each task that ended.
+        `tokens`: each task's token -> its ref."""
+        ray = self._ray
+        posted = ray.get(self._mailbox.take.remote(WAIT))
+        refs = list(refs)
+        ended: List[Any] = []
+        if refs:
+            ended, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        if ended:
+            # A task posts its last item and waits for the post before it
+            # returns: what it said is in the mailbox by now.
+            for token, items in ray.get(self._mailbox.take.remote(0)).items():
+                posted.setdefault(token, []).extend(items)
+        for token, items in posted.items():
+            self._held.setdefault(token, []).extend(items)
+        taken: List[Tuple[Any, Item]] = []
+        for token in [t for t in self._held if t in tokens]:
+            ref = tokens[token]
+            taken.extend((ref, item) for item in self._held.pop(token))
+        taken.extend((ref, _end(ray, ref)) for ref in ended)
+        return taken
+
+    def close(self) -> None:
+        try:
+            self._ray.kill(self._mailbox)
+        except Exception:
+            pass  # gone with the cluster
