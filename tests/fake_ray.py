@@ -23,11 +23,16 @@ What it models:
   items it yielded, a ref whose ``ray.get`` raises the task's error.
   ``ray.wait`` counts a stream ready when its next item (or its end, or its
   error) is there;
+- **plain tasks** (``ray.remote(f)`` without ``num_returns``, as through
+  Ray Client): the same, but ``.remote`` gives a ref to the task's result,
+  which ``ray.wait`` counts ready once the task ended and ``ray.get`` gives
+  (or raises the task's error, or NodeDiedError);
 - **cancel** (``ray.cancel(ref, force=False)``): a pending task never runs;
   a running one gets KeyboardInterrupt thrown into its generator at its next
-  yield (Ray interrupts the worker wherever it is; at the next yield is close
-  enough for these tests) and whatever it yields from then on is dropped;
-  its stream then raises TaskCancelledError;
+  yield, a running plain task at its next ``ray.get`` (Ray interrupts the
+  worker wherever it is; at the next yield or call is close enough for these
+  tests), and whatever a generator yields from then on is dropped; its
+  stream (or result) then raises TaskCancelledError;
 - **node death** (`FakeRay.kill_node`): the node is no longer Alive, its
   running tasks' streams raise NodeDiedError from their next ``ray.get``
   (the items not read yet are lost with the node), and its actors' calls
@@ -39,21 +44,27 @@ What it models:
   ``("started", label, gpus, KEEPER, node)`` item: the one place it knows
   what the launcher's tasks yield;
 - **actors** (``ray.remote(cls)``): ``.options(...).remote()`` makes one
-  instance on the node its NodeAffinitySchedulingStrategy names (names are
-  unique, as Ray's named actors are); ``handle.method.remote(*args)`` runs
-  the method at once, in the caller's thread, and returns a ref to its
-  result. Every call is recorded (`ActorCall`). ``ray.kill(handle)`` is
+  instance on the node its NodeAffinitySchedulingStrategy names (without
+  one, on the driver's node, which never dies here; names are unique, as
+  Ray's named actors are); ``handle.method.remote(*args)`` runs the method at
+  once, in the caller's thread, and returns a ref to its result; an async
+  method's coroutine runs on the actor's own event loop (a thread), and
+  ``ray.get`` waits for it. A handle pickles as the same actor. A task whose
+  node died calls nothing (its worker is dead); a task's call with a
+  ``("started", ..., KEEPER, node)`` item tells the fake its keeper, as its
+  stream's item does. Every call is recorded (`ActorCall`). ``ray.kill(handle)`` is
   recorded too (`FakeRay.killed`), and the actor's later calls fail.
 
 What it does not model: CPUs and other resources (recorded, never counted:
 the launcher asks for none), retries (the launcher asks for none), force
-cancel, tasks that are not streaming generators, a driver on a node, object
+cancel, a driver on a node, object
 spilling, timeouts of ``ray.get``, and the order in which a real Ray runs
 waiting tasks (none is promised).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pickle
@@ -158,14 +169,36 @@ class _NodeState:
 
 
 class ObjectRef:
-    """A value in the object store, or the error ``ray.get`` raises for it."""
+    """A value in the object store, or the error ``ray.get`` raises for it;
+    or, for an async actor's method, the future of its coroutine."""
 
     def __init__(self, value: Any = None, error: Optional[BaseException] = None,
-                 task: Optional[Task] = None) -> None:
+                 task: Optional[Task] = None, future: Optional[Any] = None,
+                 method: str = "") -> None:
         self.value = value
         self.error = error
         #: the task whose stream gave it, if any
         self.task = task
+        #: a concurrent.futures.Future of an async method's call, if it is one
+        self.future = future
+        #: the name of that method
+        self.method = method
+
+    def ready(self) -> bool:
+        return self.future is None or self.future.done()
+
+
+class TaskRef(ObjectRef):
+    """The result of a plain (not streaming) task: there once the task ended,
+    its return value, or its error."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.result_of = task
+
+    def ready(self) -> bool:
+        task = self.result_of
+        return task.finished or task.error is not None
 
 
 class Task:
@@ -197,6 +230,11 @@ class Task:
         self.keeper = 0
         self.thread: Optional[threading.Thread] = None
         self.stream = Stream(self)
+        #: a plain task's result (its `TaskRef`, ``ray.get`` of it)
+        self.result: Any = None
+        self.ref = TaskRef(self)
+        self.streaming = options.get("num_returns") == "streaming"
+        self.interrupted = False  # a plain task's cancel was raised in it
 
     @property
     def node_id(self) -> Optional[str]:
@@ -293,26 +331,49 @@ class ActorHandle:
     """One actor: its instance, its node and its options."""
 
     def __init__(self, fake: FakeRay, instance: Any, options: Dict[str, Any],
-                 node: _NodeState) -> None:
+                 node: Optional[_NodeState]) -> None:
         self._fake = fake
         self._instance = instance
         self.options = options
         self.name: Optional[str] = options.get("name")
         self.node = node
         self.dead = False  # ray.kill
+        self.cls = type(instance)
+        _HANDLES[id(self)] = self
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # an async actor's
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
             raise AttributeError(name)
         return ActorMethod(self, name)
 
+    def __reduce__(self) -> Tuple[Any, Tuple[int]]:
+        # A task's arguments are pickled; an actor handle among them is the
+        # same actor on the other side, as Ray's handles are.
+        return (_handle, (id(self),))
+
     def call(self, method: str, args: Tuple[Any, ...]) -> ObjectRef:
         fake = self._fake
         fake.check_driver()
+        caller: Optional[Task] = getattr(fake.local, "task", None)
+        if caller is not None:
+            # A task posting its items (to the launcher's mailbox): its keeper
+            # is in its "started" (see the module docstring). And a task whose
+            # node died is a dead worker: what it calls goes nowhere.
+            started = [a for a in args if isinstance(a, tuple) and len(a) == 5
+                       and a[0] == "started"]
+            with fake.changed:
+                if started:
+                    caller.keeper = int(started[0][3])
+                died = caller.died
+            if died:
+                if started:
+                    _terminate(caller.keeper)  # it started as its node died
+                return ObjectRef(None)
         record = ActorCall(self, method, args)
         with fake.changed:
             fake.actor_calls.append(record)
-        if not self.node.alive or self.dead:
+        if self.node is not None and not self.node.alive or self.dead:
             record.error = RayActorError(f"the actor {self.name} is dead")
             return ObjectRef(error=record.error)
         try:
@@ -320,7 +381,19 @@ class ActorHandle:
         except Exception as exc:
             record.error = RayTaskError(exc)
             return ObjectRef(error=record.error)
+        if asyncio.iscoroutine(record.result):
+            # An async actor: its calls run on its one event loop, as Ray's do.
+            return ObjectRef(future=asyncio.run_coroutine_threadsafe(
+                record.result, self._event_loop()), method=method)
         return ObjectRef(record.result)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._fake.changed:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, daemon=True,
+                                 name=f"fake-ray-actor-{self.name}").start()
+            return self._loop
 
 
 class RuntimeContext:
@@ -374,7 +447,9 @@ class FakeRay:
         self.tasks: List[Task] = []
         self.pending: List[Task] = []
         #: in order: ("submit", task number) and ("read", task number, item or
-        #: error) for each ``ray.get`` of a stream's ref
+        #: error) for each ``ray.get`` of a stream's ref; of a plain task's
+        #: result, ("read", number, error or ("returned", value)); and for each
+        #: ``ray.get`` by the driver of an async actor's call, ("got", method, value)
         self.log: List[Tuple[Any, ...]] = []
         self.initialized = False
         #: the keyword arguments of each ``ray.init``
@@ -465,10 +540,36 @@ class FakeRay:
         return ObjectRef(pickle.loads(pickle.dumps(value)))
 
     def get(self, ref: ObjectRef, timeout: Optional[float] = None) -> Any:
-        """(`timeout` is taken and ignored: every fake value is there at once.)"""
+        """(`timeout` is taken and ignored.) In a cancelled plain task, the
+        KeyboardInterrupt of its cancel (see the module docstring)."""
         self.check_driver()
+        task = getattr(self.local, "task", None)
+        if task is not None and task.cancel_requested and not task.interrupted:
+            task.interrupted = True
+            raise KeyboardInterrupt
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"the fake's ray.get takes one ObjectRef, not {type(ref).__name__}")
+        if isinstance(ref, TaskRef):
+            task = ref.result_of
+            with self.changed:
+                while not ref.ready():
+                    self.changed.wait()
+                self.log.append(("read", task.number, task.error if task.error is not None
+                                 else ("returned", task.result)))
+            if task.error is not None:
+                raise task.error
+            return task.result
+        if ref.future is not None:
+            try:
+                # A copy, as every value from another process is.
+                value = pickle.loads(pickle.dumps(ref.future.result()))
+            except Exception as exc:
+                raise RayTaskError(exc) from None
+            if task is None:  # the driver's
+                with self.changed:
+                    # Its own copy: the driver may change what it got.
+                    self.log.append(("got", ref.method, pickle.loads(pickle.dumps(value))))
+            return value
         if ref.task is not None:
             with self.changed:
                 self.log.append(("read", ref.task.number,
@@ -486,7 +587,7 @@ class FakeRay:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.changed:
             while True:
-                ready = [r for r in refs if not isinstance(r, Stream) or r.task.ready()]
+                ready = [r for r in refs if _ready(r)]
                 left = None if deadline is None else deadline - time.monotonic()
                 if len(ready) >= num_returns or (left is not None and left <= 0):
                     break
@@ -495,11 +596,11 @@ class FakeRay:
         taken = {id(r) for r in ready}
         return ready, [r for r in refs if id(r) not in taken]
 
-    def cancel(self, ref: Stream, force: bool = False) -> None:
+    def cancel(self, ref: Any, force: bool = False) -> None:
         self.check_driver()
         if force:
             raise NotImplementedError("the fake does not model force-cancel")
-        task = ref.task
+        task = ref.result_of if isinstance(ref, TaskRef) else ref.task
         with self.changed:
             self.cancels.append((task.number, force))
             if task.state == "pending":
@@ -537,8 +638,6 @@ class FakeRay:
     def submit(self, function: Callable[..., Any], args: Tuple[Any, ...],
                options: Dict[str, Any]) -> Stream:
         self.check_driver()
-        if options.get("num_returns") != "streaming":
-            raise NotImplementedError("the fake runs streaming-generator tasks only")
         values = tuple(self.get(a) if isinstance(a, ObjectRef) else a for a in args)
         with self.changed:
             task = Task(self, function, pickle.loads(pickle.dumps(values)), options,
@@ -548,13 +647,15 @@ class FakeRay:
             self.pending.append(task)
             placed = self._place()
         self._start(placed)
-        return task.stream
+        return task.stream if task.streaming else task.ref
 
     def create_actor(self, cls: type, args: Tuple[Any, ...],
                      options: Dict[str, Any]) -> ActorHandle:
         self.check_driver()
         strategy = options.get("scheduling_strategy")
-        node = self.nodes[0]
+        # Without a node named: on the driver's node, which the fake never
+        # kills (a real driver dies with its node, and the run with it).
+        node: Optional[_NodeState] = None
         if isinstance(strategy, NodeAffinitySchedulingStrategy):
             node = self.node(strategy.node_id)
         with self.changed:
@@ -597,6 +698,9 @@ class FakeRay:
         error: Optional[BaseException] = None
         thrown = False
         try:
+            if not task.streaming:
+                task.result = task.function(*task.args)
+                raise StopIteration
             stream = task.function(*task.args)
             while True:
                 if task.cancel_requested and not thrown:
@@ -674,6 +778,20 @@ class FakeRay:
                 "ray.cloudpickle": ray.__dict__["cloudpickle"], "ray.util": util,
                 "ray.util.scheduling_strategies": util.__dict__["scheduling_strategies"],
                 "ray.exceptions": ray.__dict__["exceptions"]}
+
+
+#: Every actor handle made, by id, for unpickling (`ActorHandle.__reduce__`).
+_HANDLES: Dict[int, ActorHandle] = {}
+
+
+def _handle(key: int) -> ActorHandle:
+    return _HANDLES[key]
+
+
+def _ready(ref: Any) -> bool:
+    """Whether ``ray.wait`` counts `ref` ready: a stream with its next item (or
+    end) there, a plain task that ended, a value."""
+    return ref.task.ready() if isinstance(ref, Stream) else ref.ready()
 
 
 def _terminate(pid: int) -> None:

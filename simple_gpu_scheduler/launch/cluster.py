@@ -18,7 +18,7 @@ from . import cluster_client, cluster_node
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
 #: How to install what ``--ray`` needs.
 INSTALL = 'pip install "simple_gpu_scheduler[ray]"'
@@ -40,6 +40,14 @@ class Cluster:
         self.address = address
         self.nodes = [n for n in nodes if n.get("Alive")]
         self.labels = cluster_node.node_labels(nodes)
+
+    @property
+    def head(self) -> Optional[str]:
+        """The head node's id (Ray gives it the resource ``node:__internal_head__``)."""
+        for node in self.nodes:
+            if "node:__internal_head__" in node.get("Resources", {}):
+                return str(node["NodeID"])
+        return None
 
     @property
     def client(self) -> bool:
@@ -73,6 +81,10 @@ def connect(address: str, say: Callable[[str], None]) -> Cluster:
         import ray._private.worker as ray_worker
     except ImportError:
         raise UsageError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+    if address == "auto" and os.environ.get("RAY_ADDRESS", "").startswith(CLIENT):
+        # What `ray.init("auto")` does with it: Ray Client. Named here, so that
+        # the launcher knows how the tasks' items come back.
+        address = os.environ["RAY_ADDRESS"]
     _reachable(address)
     # Ray prints cluster-wide errors (a node marked dead) to our stdout, which
     # is the jobs' output stream: they go to stderr as our messages instead.

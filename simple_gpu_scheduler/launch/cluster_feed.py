@@ -23,11 +23,13 @@ returned, ``("error", exception)`` when Ray says it failed.
 
 from __future__ import annotations
 
+import time
+
 from . import cluster_client, cluster_node
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, List, Tuple
+    from typing import Any, Dict, Iterable, List, Optional, Tuple
 
     Item = Tuple[Any, ...]
 
@@ -45,6 +47,8 @@ HOLD = 64
 #: Seconds of silence after which a mailbox task looks whether the mailbox
 #: (and with it the driver) is still there.
 TICK = 5.0
+#: Seconds after a task's end during which what it still posts is dropped.
+LATE = 60.0
 
 
 def _end(ray: Any, ref: Any) -> Item:
@@ -94,6 +98,9 @@ class StreamFeed:
             taken.append((ref, item))
         return taken
 
+    def forget(self, token: str) -> None:
+        pass  # a stream is the task's own: nothing of it outlives its ref
+
     def close(self) -> None:
         pass
 
@@ -102,17 +109,27 @@ class MailboxFeed:
     """Each task a plain one that posts to the run's mailbox; its result ref
     is its ref."""
 
-    def __init__(self, ray: Any) -> None:
+    def __init__(self, ray: Any, head: Optional[str] = None) -> None:
         self._ray = ray
+        options: Dict[str, Any] = {}
+        if head is not None:
+            # On the head, where the Ray Client server (the driver) is: a node
+            # that dies must not take the mailbox, and every job, with it.
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
         # A coroutine per waiting call: one `take`, and a `put` for each task
         # held back by a full mailbox, so up to one per slot of the cluster.
         self._mailbox = ray.remote(cluster_client.Mailbox).options(
-            num_cpus=0, max_restarts=0, max_concurrency=100000).remote(HOLD)
+            num_cpus=0, max_restarts=0, max_concurrency=100000, **options).remote(HOLD)
         self._base = ray.remote(num_cpus=0, max_retries=0, max_calls=0)(cluster_client.post_job)
         self._by_share: Dict[float, Any] = {}
         #: items of a task whose ref the pump did not know yet (it is submitted
         #: on the engine's thread, and may post before the pump hears of it)
         self._held: Dict[str, List[Item]] = {}
+        #: token -> when its task's end was given (or it was forgotten): what
+        #: it still posts (a post on its way as Ray cancelled it) is dropped
+        self._over: Dict[str, float] = {}
         self.tick = TICK
 
     def submit(self, share: float, spec: Dict[str, Any], keeper: Any) -> Any:
@@ -124,10 +141,12 @@ class MailboxFeed:
     def take(self, refs: Iterable[Any], tokens: Dict[str, Any], soon: bool
              ) -> List[Tuple[Any, Item]]:
         """(ref, item) for every item posted since the last call, waiting up
-        to `WAIT` for the first; then (ref, end) for each task that ended.
-        `tokens`: each task's token -> its ref."""
+        to `WAIT` for the first (not at all if some were held for a task the
+        pump knows now); then (ref, end) for each task that ended. `tokens`:
+        each task's token -> its ref."""
         ray = self._ray
-        posted = ray.get(self._mailbox.take.remote(WAIT))
+        held = any(token in tokens for token in self._held)
+        posted = ray.get(self._mailbox.take.remote(0 if held else WAIT))
         refs = list(refs)
         ended: List[Any] = []
         if refs:
@@ -138,13 +157,28 @@ class MailboxFeed:
             for token, items in ray.get(self._mailbox.take.remote(0)).items():
                 posted.setdefault(token, []).extend(items)
         for token, items in posted.items():
-            self._held.setdefault(token, []).extend(items)
+            if token not in self._over:
+                self._held.setdefault(token, []).extend(items)
         taken: List[Tuple[Any, Item]] = []
         for token in [t for t in self._held if t in tokens]:
             ref = tokens[token]
             taken.extend((ref, item) for item in self._held.pop(token))
         taken.extend((ref, _end(ray, ref)) for ref in ended)
+        if ended:
+            done = set(ended)
+            for token, ref in tokens.items():
+                if ref in done:
+                    self.forget(token)
         return taken
+
+    def forget(self, token: str) -> None:
+        """Nothing more of the task `token` is wanted (it ended, or the pump
+        gave up on it)."""
+        now = time.monotonic()
+        self._held.pop(token, None)
+        self._over[token] = now
+        if len(self._over) > 1024:  # a late post comes within moments
+            self._over = {t: at for t, at in self._over.items() if now - at < LATE}
 
     def close(self) -> None:
         try:

@@ -138,7 +138,7 @@ class ClusterLauncher:
         # GPU task is a new worker process each time (about 0.5 s a job): they
         # reuse workers; nothing a job does stays in the worker, it runs in
         # the keeper's process tree.
-        self._feed: Any = (cluster_feed.MailboxFeed(ray) if cluster.client
+        self._feed: Any = (cluster_feed.MailboxFeed(ray, cluster.head) if cluster.client
                            else cluster_feed.StreamFeed(ray))
         self._agent = ray.remote(cluster_node.Agent)
 
@@ -293,10 +293,6 @@ class ClusterLauncher:
                 with self._lock:
                     refs = list(self._live)
                 for ref in refs:
-                    try:
-                        self._ray.cancel(ref, force=False)
-                    except Exception:
-                        pass
                     self._drop(ref, self._dead, posts)
                 self._post(posts)
         finally:
@@ -314,11 +310,18 @@ class ClusterLauncher:
             self._post([("cluster", now)])
 
     def _drop(self, ref: Any, why: str, posts: List[Tuple[Any, ...]]) -> None:
-        """Give up on one task's stream: its attempt is lost, and cleared."""
+        """Give up on one task: its attempt is lost, and cleared. The task is
+        cancelled: it ends its job through the keeper's own ladder (and does
+        not wait, unwatched, on output nobody reads)."""
         with self._lock:
             execution = self._live.pop(ref, None)
         if execution is None or execution.cleared:
             return
+        try:
+            self._ray.cancel(ref, force=False)
+        except Exception:
+            pass  # the cluster is gone too
+        self._feed.forget(execution.token)
         if execution.outcome is None:
             execution.outcome = Lost(why)
         if execution.streams is not None:

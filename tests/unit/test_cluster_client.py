@@ -10,6 +10,7 @@ tests/integration/test_ray_cluster.py (the ``[client]`` cases).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ import fake_ray
 import pytest
 from harness import live_pids, poll_until, unique_sleep
 
-from simple_gpu_scheduler.launch import cluster_client, cluster_launcher
+from simple_gpu_scheduler.launch import cluster_client, cluster_feed, cluster_launcher
 from simple_gpu_scheduler.launch.cluster import _why
 
 T = TypeVar("T")
@@ -193,3 +194,55 @@ def test_when_the_mailbox_is_gone_the_job_s_whole_tree_ends(fake: fake_ray.FakeR
 ])
 def test_why_is_the_line_that_says_why(text: str, why: Optional[str]) -> None:
     assert _why(ConnectionError(text)) == why
+
+
+# --- the driver's side: cluster_feed.MailboxFeed over the fake -------------------------------
+
+
+def _post_then_return(mailbox: Any, token: str) -> str:
+    """A task that posts two items and returns (as `post_job` does, each post
+    waited for)."""
+    import ray
+
+    for item in (("out", b"a"), ("cleared",)):
+        ray.get(mailbox.put.remote(token, item))
+    return "done"
+
+
+def running() -> fake_ray.ObjectRef:
+    """The ref of a task that is still running (it never ends)."""
+    return fake_ray.ObjectRef(future=concurrent.futures.Future())
+
+
+def test_the_feed_gives_a_task_s_items_then_its_end(fake: fake_ray.FakeRay) -> None:
+    feed = cluster_feed.MailboxFeed(fake.module)
+    ref = fake.module.remote(num_cpus=0)(_post_then_return).remote(feed._mailbox, "t1")
+    taken: List[Tuple[Any, Tuple[Any, ...]]] = []
+    deadline = time.monotonic() + 10
+    while not any(item[0] == "gone" for _, item in taken) and time.monotonic() < deadline:
+        taken += feed.take([ref], {"t1": ref}, False)
+    assert [item for _, item in taken] == [("out", b"a"), ("cleared",), ("gone",)]
+    assert all(r is ref for r, _ in taken)
+
+
+def test_items_held_for_a_task_not_known_yet_come_at_once_when_it_is(
+        fake: fake_ray.FakeRay) -> None:
+    feed = cluster_feed.MailboxFeed(fake.module)
+    fake.module.get(feed._mailbox.put.remote("t1", ("started",)))
+    # The pump took its snapshot of the tasks before this one was submitted.
+    assert feed.take([], {}, False) == []
+    ref = running()
+    started = time.monotonic()
+    assert feed.take([ref], {"t1": ref}, False) == [(ref, ("started",))]
+    assert time.monotonic() - started < cluster_feed.WAIT / 2  # no wait for more first
+
+
+def test_what_a_forgotten_task_still_posts_is_dropped(fake: fake_ray.FakeRay) -> None:
+    feed = cluster_feed.MailboxFeed(fake.module)
+    fake.module.get(feed._mailbox.put.remote("t1", ("out", b"early")))
+    feed.take([], {}, False)  # held: t1 not known yet
+    feed.forget("t1")  # e.g. given up on, and cancelled
+    fake.module.get(feed._mailbox.put.remote("t1", ("out", b"late")))
+    ref = running()
+    assert feed.take([ref], {"t1": ref}, False) == []
+    assert feed._held == {}

@@ -102,10 +102,16 @@ class ClusterEnv:
     """One test's fake cluster, joined with `connect`, and runs of the engine over it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp: Path,
-                 nodes: Sequence[fake_ray.Node] = TWO_NODES) -> None:
+                 nodes: Sequence[fake_ray.Node] = TWO_NODES, feed: str = "stream") -> None:
         self.fake = fake_ray.install(monkeypatch, nodes)
         self.said: List[str] = []
         self.cluster = connect("auto", self.said.append)
+        if feed == "mailbox":
+            # As if joined through Ray Client: the launcher's tasks post to a
+            # mailbox (cluster_feed.MailboxFeed). (`connect` itself would look
+            # for a server at the address.)
+            self.cluster.address = "ray://10.0.0.7:10001"
+        self.feed = feed
         self.tmp = tmp
         self.marker = uuid.uuid4().hex
 
@@ -243,15 +249,23 @@ def seen_by_jobs(tmp: Path) -> Dict[str, Tuple[str, str]]:
     return seen
 
 
+@pytest.fixture(params=["stream", "mailbox"])
+def feed(request: pytest.FixtureRequest) -> str:
+    """How the tasks' items come back: their streams (a driver on a node), or
+    the run's mailbox (through Ray Client)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_env(monkeypatch: pytest.MonkeyPatch,
-             tmp_path: Path) -> Iterator[Callable[[Sequence[fake_ray.Node]], ClusterEnv]]:
-    """A `ClusterEnv` of the nodes given (one a test); what it left is killed at the end."""
+def make_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, feed: str
+             ) -> Iterator[Callable[[Sequence[fake_ray.Node]], ClusterEnv]]:
+    """A `ClusterEnv` of the nodes given (one a test), with each `feed`; what
+    it left is killed at the end."""
     before = handlers_now()
     made: List[ClusterEnv] = []
 
     def make(nodes: Sequence[fake_ray.Node]) -> ClusterEnv:
-        made.append(ClusterEnv(monkeypatch, tmp_path, nodes))
+        made.append(ClusterEnv(monkeypatch, tmp_path, nodes, feed))
         return made[-1]
 
     yield make
@@ -326,6 +340,19 @@ def test_connect_says_in_one_line_why_it_cannot_join(monkeypatch: pytest.MonkeyP
     assert not fake.initialized
 
 
+def test_auto_with_a_ray_client_address_in_ray_address_joins_through_ray_client(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        fake = fake_ray.install(monkeypatch, TWO_NODES)
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        cluster = connect("auto", lambda line: None)
+    assert cluster.client and cluster.address == address
+    assert fake.inits[0]["address"] == address
+
+
 # --- node labels -------------------------------------------------------------------------------
 
 
@@ -387,7 +414,7 @@ def test_the_engine_is_told_where_ray_placed_each_job_and_the_job_sees_it(
     assert sorted(places) == [(LABEL_A, ("0",)), (LABEL_A, ("1",)), (LABEL_B, ("0",)),
                               (LABEL_B, ("1",))]
     # One agent a node, on that node, started at its first job.
-    agents = env.fake.actors
+    agents = [a for a in env.fake.actors if a.cls is cluster_node.Agent]
     assert sorted(a.node.node_id for a in agents) == [NODE_A, NODE_B]
     for agent in agents:
         strategy = agent.options["scheduling_strategy"]
@@ -399,14 +426,22 @@ def test_no_more_tasks_are_submitted_than_the_pool_has_slots(env: ClusterEnv) ->
     run = env.run(lines(["sleep 0.05"] * 8))
     assert run.status == 0 and len(env.fake.tasks) == 8
     # At each submission: the tasks submitted before it whose end the driver
-    # had not read yet (their last item, or their error).
+    # had not read yet (their last item, from their stream or the mailbox, or
+    # their error).
+    number_of = {task.args[0]["token"]: task.number for task in env.fake.tasks}
+    last = ("cleared", "failed", "lost")
     unfinished: List[int] = []
     at_submission: List[int] = []
     for entry in env.fake.log:
         if entry[0] == "submit":
             at_submission.append(len(unfinished))
             unfinished.append(entry[1])
-        elif isinstance(entry[2], BaseException) or entry[2][0] in ("cleared", "failed", "lost"):
+        elif entry[0] == "got" and entry[1] == "take":
+            for token, items in entry[2].items():
+                if any(item[0] in last for item in items):
+                    unfinished.remove(number_of[token])
+        elif entry[0] == "read" and (isinstance(entry[2], BaseException)
+                                     or entry[2][0] in last) and entry[1] in unfinished:
             unfinished.remove(entry[1])
     assert max(at_submission) == 3  # all 4 slots used, never a 5th task
 
