@@ -1,13 +1,15 @@
-"""``--ray``: the command stream on a real local Ray cluster of three nodes.
+"""``--ray``: the command stream on a real local Ray cluster of four nodes.
 
-One cluster for the module (`tests/ray_cluster.py`): three ``ray start``
-nodes on this machine with 2 logical GPUs each, so 6 slots, started once (5
-to 12 s) and torn down after, checked to leave no process behind. Two nodes
-report this machine's address, as every node of a one-machine cluster does,
-so their labels carry node ids; the second reports 127.0.0.2. Every run goes
+One cluster for the module (`tests/ray_cluster.py`): four ``ray start``
+nodes on this machine with 2 logical GPUs each, so 8 slots, and a Ray Client
+server beside the head, started once (5 to 15 s) and torn down after,
+checked to leave no process behind. Two nodes report this machine's address,
+as every node of a one-machine cluster does, so their labels carry node ids;
+the second reports 127.0.0.2 and the third 127.0.0.3. Many tests run twice
+(`via`): with the head's address, and through Ray Client. Every run goes
 through the installed command; what each job saw (its node, its GPUs, when
-it ran) it writes to a file. The node-death test stops the second node, so
-it comes last.
+it ran) it writes to a file. The node-death test stops the second node (and,
+through Ray Client, the third), so it comes last.
 
 Where Ray cannot be imported these tests skip, saying so; CI installs the
 ``ray`` extra, so there they run.
@@ -45,21 +47,24 @@ except ImportError:  # pragma: no cover - CI installs the extra
 from ray_cluster import LocalCluster
 
 GPUS_PER_NODE = 2
-NODES = 3
+NODES = 4
 SLOTS = NODES * GPUS_PER_NODE
-#: The second node reports an address of its own: the node-death test stops
-#: it. A driver joins the cluster through a node on its machine, and dies with
-#: that node; it picks the node by the address the last `ray start` on the
-#: machine recorded (the session's node_ip_address.json), so the last node
-#: started, the third, has this machine's address (see LocalCluster.node_ips).
-VICTIM = 1
+#: The second and third nodes report addresses of their own: the node-death
+#: test stops them, one for each `via`. A driver joins the cluster through a
+#: node on its machine, and dies with that node; it picks the node by the
+#: address the last `ray start` on the machine recorded (the session's
+#: node_ip_address.json), so the last node started, the fourth, has this
+#: machine's address (see LocalCluster.node_ips).
+VICTIMS = {"gcs": (1, "127.0.0.2"), "client": (2, "127.0.0.3")}
+#: The victims stopped so far.
+STOPPED: List[int] = []
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     root = tempfile.mkdtemp(prefix="sgsray-")
     local = LocalCluster(root, gpus_per_node=GPUS_PER_NODE, nodes=NODES,
-                         node_ips={VICTIM: "127.0.0.2"}, client=True)
+                         node_ips=dict(VICTIMS.values()), client=True)
     local.start()
     try:
         yield local
@@ -164,7 +169,7 @@ def test_jobs_spread_over_both_nodes_one_per_gpu(via: str, tmp_path: Path) -> No
     nodes = {run["start"][1] for run in runs.values()}
     assert len(nodes) == NODES, nodes  # every node got jobs
     # Two nodes share this machine's address: their labels carry node ids.
-    shared = {node for node in nodes if node != "127.0.0.2"}
+    shared = {node for node in nodes if node not in ("127.0.0.2", "127.0.0.3")}
     assert len(shared) == 2, nodes
     assert all(re.fullmatch(r"[\d.]+/[0-9a-f]{8,}", node) for node in shared), nodes
     assert max(overlapping(runs).values()) == 1  # never two jobs on one GPU of one node
@@ -358,8 +363,8 @@ def test_a_job_no_node_can_hold_is_rejected_at_once(cluster: LocalCluster,
     assert b"never" not in result.stdout
 
 
-def test_list_gpus_lists_the_nodes(cluster: LocalCluster, tmp_path: Path) -> None:
-    result = run_sgs(["--list-gpus", "--ray", cluster.address], cwd=tmp_path, env=ray_env())
+def test_list_gpus_lists_the_nodes(cluster: LocalCluster, via: str, tmp_path: Path) -> None:
+    result = run_sgs(["--list-gpus", "--ray", via], cwd=tmp_path, env=ray_env())
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     assert lines[0].split() == ["NODE", "NODE_ID", "GPUS", "CPUS"]
@@ -405,33 +410,37 @@ def test_local_only_options_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_node_dying_under_a_job_fails_that_attempt_and_it_retries(
-        cluster: LocalCluster, tmp_path: Path) -> None:
-    """Last: it stops a node for good."""
+        cluster: LocalCluster, via: str, tmp_path: Path) -> None:
+    """Last: it stops a node for good (a node for each `via`)."""
+    victim, victim_address = VICTIMS["client" if via.startswith("ray://") else "gcs"]
+    nodes = NODES - len(STOPPED)
+    slots = nodes * GPUS_PER_NODE
     mark = unique_sleep()
     seen = Seen(tmp_path)
     # Every slot is taken by a long job, so some of them are on the victim node.
     jobs = [seen.command(f"j{i}", 0, middle=f"[ -e {tmp_path}/again-$SGS_JOB_ID ] || "
                          f"{{ touch {tmp_path}/again-$SGS_JOB_ID; sleep {mark}; }}; ")
-            for i in range(SLOTS)]
-    sgs = start_ray(cluster, ["--retries", "1", "--joblog", "log.tsv"], tmp_path)
+            for i in range(slots)]
+    sgs = start_ray(via, ["--retries", "1", "--joblog", "log.tsv"], tmp_path)
     sgs.write(("\n".join(jobs) + "\n").encode())
     sgs.close_stdin()
-    poll_until(lambda: len(sleeps(mark)) == SLOTS, 60, what=lambda: sgs.stderr())
-    on_second = [run["start"][3] for run in seen.runs().values()
-                 if run["start"][1] == "127.0.0.2"]
-    assert on_second, seen.runs()
-    cluster.stop_node(VICTIM)
+    poll_until(lambda: len(sleeps(mark)) == slots, 60, what=lambda: sgs.stderr())
+    on_victim = [run["start"][3] for run in seen.runs().values()
+                 if run["start"][1] == victim_address]
+    assert on_victim, seen.runs()
+    STOPPED.append(victim)
+    cluster.stop_node(victim)
     # The attempts there are lost and run again on another node; the others' own
     # jobs go on sleeping until we let them end.
-    for job_id in on_second:
+    for job_id in on_victim:
         sgs.wait_stderr(rf"job {job_id} failed on .*lost: .*(node|worker).*will retry", 60)
-    poll_until(lambda: len(sleeps(mark)) <= SLOTS - len(on_second), 30,
+    poll_until(lambda: len(sleeps(mark)) <= slots - len(on_victim), 30,
                what=lambda: f"the lost node's jobs to end: {sleeps(mark)}")
     # Once Ray has the node dead (about 14 s), the run has fewer slots.
-    sgs.wait_stderr(rf"the Ray cluster has {NODES - 1} node\(s\) and "
-                    rf"{SLOTS - GPUS_PER_NODE} GPU\(s\) now", 60)
+    sgs.wait_stderr(rf"the Ray cluster has {nodes - 1} node\(s\) and "
+                    rf"{slots - GPUS_PER_NODE} GPU\(s\) now", 60)
     for pid in sleeps(mark):
         os.kill(pid, signal.SIGTERM)
     assert sgs.wait(90) == 0, sgs.stderr()
-    for job_id in on_second:
+    for job_id in on_victim:
         assert re.search(rf"job {job_id} finished", sgs.stderr())
