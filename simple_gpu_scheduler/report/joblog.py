@@ -314,9 +314,10 @@ class JobLogWriter:
     ) -> None:
         """The row of one ended attempt of `job` (Seq is the job's number). Host
         is its GPUs, ``gpu:0,1``, with the cluster node after an ``@``:
-        ``gpu:0@10.0.0.7``."""
+        ``gpu:0@10.0.0.7``; ``-`` for an attempt that never reached a GPU (a
+        Ray task cancelled while it waited for one)."""
         exitval, signum = exit_and_signal(outcome)
-        host = "gpu:" + ",".join(gpus) + (f"@{node}" if node else "")
+        host = "gpu:" + ",".join(gpus) + (f"@{node}" if node else "") if gpus or node else "-"
         self.write(Row(
             seq=job.id, host=host, start=start, runtime=runtime,
             exitval=exitval, signal=signum, command=job.command))

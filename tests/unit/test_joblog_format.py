@@ -392,3 +392,20 @@ def test_resume_failed_skips_min_of_occurrences_and_successes(
         assert skipped[command] == min(commands.count(command), successes[command])
     assert resume.skipped == sum(skipped.values())
 
+
+
+@pytest.mark.parametrize("gpus, node, host", [
+    (("0", "1"), "", "gpu:0,1"),
+    (("1",), "10.0.0.7", "gpu:1@10.0.0.7"),
+    # A Ray task cancelled while it waited for a GPU: it never reached one.
+    ((), "", "-"),
+])
+def test_the_host_of_an_attempt_names_its_gpus_and_node(tmp_path: Path, gpus: tuple,
+                                                        node: str, host: str) -> None:
+    from simple_gpu_scheduler.model.jobs import Job
+
+    writer = JobLogWriter(str(tmp_path / "log.tsv"))
+    writer.write_attempt(Job(3, b"true"), gpus, 1.0, 2.0, Killed(signal.SIGTERM), node=node)
+    writer.close()
+    (row,) = read_joblog(str(tmp_path / "log.tsv"))[0]
+    assert (row.seq, row.host, row.signal) == (3, host, signal.SIGTERM)
