@@ -10,8 +10,8 @@
                                                         │
                                    listener ◀── events ─┘ (report: console, job log, progress)
 
-Everything the loop waits for is one file descriptor in one ``poll``: the
-input (only while the read-ahead has room), each running job's pidfd, and a
+Everything the loop waits for is one file descriptor in one ``poll`` (the
+`Reactor` it is, `engine/reactor.py`): the input (only while the read-ahead has room), each running job's pidfd, and a
 wake-up pipe that signal handlers (`signal.set_wakeup_fd`) and helper threads
 (the hardware sampler, output copies) write to. The poll's timeout is the
 next timer's deadline (timeouts, the stop ladder, a look at busy GPUs), so an
@@ -25,23 +25,20 @@ listener.
 
 from __future__ import annotations
 
-import select
 import signal
 import time
-from collections import deque
 
-from .. import threads
 from ..errors import ExitCode, LaunchError
 from ..model import events as ev
 from ..model.jobs import FailedToStart, Killed, NotStarted, TimedOut, signal_name
 from ..placement.policy import next_start
+from .reactor import Reactor
 from .state import LINGERING, QUEUED, RUNNING, RunState
 from .stopping import DRAIN, KILL, TERMINATE, StopLadder
-from .timers import Timers
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
 if TYPE_CHECKING:
-    from typing import Callable, Deque, Dict, Mapping, Optional, Set, Tuple
+    from typing import Callable, Dict, Mapping, Optional, Set, Tuple
 
     from ..gpus.gate import GpuGate
     from ..gpus.sampler import Sampler
@@ -54,11 +51,9 @@ if TYPE_CHECKING:
     from .state import JobRecord
     from .timers import Timer
 
-#: The longest poll, in seconds: a --timeout of 1000 years is a valid "never".
-LONGEST_WAIT = 86400.0
+class Loop(Reactor):
+    """The scheduling: what the reactor's wake-ups mean for the run."""
 
-
-class Loop:
     def __init__(
         self, settings: Settings, launcher: Launcher, source: InputSource, pool: GpuPool,
         listener: Callable[[ev.Event], None], gate: Optional[GpuGate] = None,
@@ -76,9 +71,8 @@ class Loop:
         self.sampler = sampler
         #: our process groups, for telling our GPU processes from others'
         self.owners = owners
-        self.clock = clock
+        super().__init__(clock)
         self.wall = wall
-        self.timers = Timers(clock)
         self.state = RunState(clock)
         #: how many commands the input holds, if counted up front (progress only)
         self.state.total = total
@@ -98,14 +92,6 @@ class Loop:
         #: cluster's launcher knows its nodes; the pool only counts GPUs)
         self.refuses: Callable[[Job], Optional[str]] = getattr(
             launcher, "refuses", lambda job: None)
-        self._poll = select.poll()
-        self._readers: Dict[int, Callable[[], None]] = {}
-        self._writers: Dict[int, Callable[[], None]] = {}
-        self._waker = threads.WakePipe()
-        #: callables posted by other threads; `deque.append` is thread-safe
-        self._soon: Deque[Callable[[], None]] = deque()
-        #: stop and status signals recorded by the handler, acted on by the loop
-        self._signals: Deque[int] = deque()
         self._watching_input = False
         self._poll_armed = False
         self._said_unknown_memory = False
@@ -114,43 +100,6 @@ class Loop:
         self._unlock_later: Set[str] = set()
         self._ticker: Optional[Timer] = None
 
-    # --- the Reactor that collaborators see -------------------------------------
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self._readers[fd] = callback
-        self._register(fd)
-
-    def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._register(fd)
-
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call `callback` when `fd` can be written (a control client's socket)."""
-        self._writers[fd] = callback
-        self._register(fd)
-
-    def remove_writer(self, fd: int) -> None:
-        if self._writers.pop(fd, None) is not None:
-            self._register(fd)
-
-    def _register(self, fd: int) -> None:
-        mask = (select.POLLIN if fd in self._readers else 0) | \
-            (select.POLLOUT if fd in self._writers else 0)
-        if mask:
-            self._poll.register(fd, mask)  # registering again modifies
-        else:
-            self._poll.unregister(fd)
-
-    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        return self.timers.at(deadline, callback)
-
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
-        self._soon.append(callback)
-        self._waker.wake()
-
-    def time(self) -> float:
-        return self.clock()
-
     # --- the run ------------------------------------------------------------------
 
     def run(self) -> int:
@@ -158,7 +107,7 @@ class Loop:
         say the last word (`RunEnded`) and return the exit status."""
         previous = self._install_handlers()
         try:
-            self._poll.register(self._waker.read_fd, select.POLLIN)
+            self._open()
             self.launcher.attach(self, self)
             try:
                 self._turn_done()
@@ -182,8 +131,7 @@ class Loop:
             self.launcher.finish()
             # What helper threads posted last (the output a `log -f` client
             # follows, copied as the jobs ended) is handed on before the end.
-            while self._soon:
-                self._soon.popleft()()
+            self._run_posted(everything=True)
             self.emit(ev.RunEnded(self.state.snapshot(), tuple(self.state.failed_ids),
                                   stopped=self.stop_level > 0))
         finally:
@@ -202,29 +150,6 @@ class Loop:
             return ExitCode.FAILED
         return ExitCode.OK
 
-    def _install_handlers(self) -> Tuple[Dict[int, object], int]:
-        handlers: Dict[int, object] = {}
-        # SIGINT, SIGTERM, SIGHUP stop the run; SIGUSR1 asks for the status
-        # table. Helper threads block exactly these (`threads`).
-        for signum in sorted(threads.MAIN_THREAD_ONLY):
-            # A signal ignored when we started (nohup, a background job of a
-            # non-interactive shell) stays ignored: the Unix convention.
-            if signal.getsignal(signum) != signal.SIG_IGN:
-                handlers[signum] = signal.signal(signum, self._record_signal)
-        wakeup = signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
-        return handlers, wakeup
-
-    def _restore_handlers(self, previous: Tuple[Dict[int, object], int]) -> None:
-        handlers, wakeup = previous
-        signal.set_wakeup_fd(wakeup)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-
-    def _record_signal(self, signum: int, frame: object) -> None:
-        # A handler only records; the loop acts (handlers run between bytecodes
-        # of the main thread, in the middle of anything).
-        self._signals.append(signum)
-
     def _done(self) -> bool:
         if self.state.busy or (self.stop_level < KILL and self.helpers_busy()):
             return False
@@ -232,35 +157,10 @@ class Loop:
             return True
         return not self.state.input_open and not self.serving and self.state.queued == 0
 
-    def _wait(self) -> None:
-        """Block until a file descriptor is ready or the next timer is due."""
-        timeout = self.timers.timeout()
-        if timeout is None:
-            ms = -1
-        else:
-            ms = int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)  # never spin before a deadline
-        for fd, events in self._poll.poll(ms):
-            if fd == self._waker.read_fd:
-                self._waker.drain()
-                continue
-            # A hang-up or error is reported to the reader (its read says what).
-            if events & ~select.POLLOUT:
-                callback = self._readers.get(fd)
-                if callback is not None:
-                    callback()
-            if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                callback = self._writers.get(fd)
-                if callback is not None:
-                    callback()
-
     def _turn_done(self) -> None:
         """After every wake-up: what threads posted, signals, timers, then
         input and starts."""
-        # Only what was posted before this turn: a callback that posts itself
-        # again (a long `ls` made a batch a turn) waits for the next turn, so
-        # that what else is ready (a job's end) is seen to in between.
-        for _ in range(len(self._soon)):
-            self._soon.popleft()()
+        self._run_posted()
         while self._signals:
             self._signal(self._signals.popleft())
         self.timers.fire()
