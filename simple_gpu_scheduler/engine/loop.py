@@ -11,11 +11,12 @@
                                    listener ◀── events ─┘ (report: console, job log, progress)
 
 Everything the loop waits for is one file descriptor in one ``poll`` (the
-`Reactor` it is, `engine/reactor.py`): the input (only while the read-ahead has room), each running job's pidfd, and a
-wake-up pipe that signal handlers (`signal.set_wakeup_fd`) and helper threads
-(the hardware sampler, output copies) write to. The poll's timeout is the
-next timer's deadline (timeouts, the stop ladder, a look at busy GPUs), so an
-idle scheduler sleeps in one system call and uses no CPU.
+`Reactor` it is, `engine/reactor.py`): the input (only while the read-ahead
+has room), each running job's pidfd, and a wake-up pipe that signal handlers
+(`signal.set_wakeup_fd`) and helper threads (the hardware sampler, output
+copies) write to. The poll's timeout is the next timer's deadline
+(timeouts, the stop ladder, a look at busy GPUs), so an idle scheduler
+sleeps in one system call and uses no CPU.
 
 Collaborators come in as arguments (launcher, input source, GPU pool and
 gate, listener, clock), so unit tests replay histories without processes.
