@@ -31,6 +31,10 @@ LONGEST_WAIT = 86400.0
 
 
 class Reactor:
+    """The waiting, for the engine's one thread (see the module docstring).
+    A subclass runs its turns: `_open` once, then `_wait` and, after each
+    wake-up, `_run_posted`, the recorded `_signals` and ``timers.fire()``."""
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.timers = Timers(clock)
