@@ -108,7 +108,7 @@ def connect(address: str, say: Callable[[str], None]) -> Cluster:
             # package `ray[client]`", a ValueError.
             raise UsageError(f"--ray {address}: Ray Client needs grpcio, which is not "
                              f"installed: {INSTALL}") from None
-        raise UsageError(f"--ray {address}: cannot join the Ray cluster: {_why(exc)}"
+        raise UsageError(f"--ray {address}: cannot join the Ray cluster: {why_of(exc)}"
                          ) from None
     finally:
         for signum, handler in saved.items():
@@ -141,7 +141,7 @@ def _reachable(address: str) -> None:
         raise UsageError(f"--ray {address}: cannot reach the Ray cluster: {why}") from None
 
 
-def _why(exc: BaseException) -> str:
+def why_of(exc: BaseException) -> str:
     """The line of a Ray error that says what went wrong. Ray Client's errors
     carry the server's traceback: "Initialization failure from server:", the
     trace, and its last line, the one that says why."""

@@ -29,7 +29,7 @@ from . import cluster_client, cluster_node
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 
     Item = Tuple[Any, ...]
 
@@ -59,28 +59,52 @@ def _end(ray: Any, ref: Any) -> Item:
     return ("gone",)
 
 
-class StreamFeed:
-    """Each task a streaming generator; its stream is its ref."""
+class Feed:
+    """What both feeds share: the task function, one variant of it per GPU
+    share asked for (``.options`` builds a new one each time: kept)."""
 
-    def __init__(self, ray: Any) -> None:
+    #: seconds between a silent task's looks at the driver (0: none)
+    tick = 0.0
+
+    def __init__(self, ray: Any, base: Any, *extra: Any) -> None:
         self._ray = ray
-        self._base = ray.remote(num_returns="streaming", num_cpus=0, max_retries=0, max_calls=0,
-                                _generator_backpressure_num_objects=HOLD)(cluster_node.run_job)
+        self._base = base
+        self._extra = extra  # what every task gets after (spec, keeper)
         self._by_share: Dict[float, Any] = {}
-        self.tick = 0.0
 
     def submit(self, share: float, spec: Dict[str, Any], keeper: Any) -> Any:
         task = self._by_share.get(share)
         if task is None:
             task = self._by_share[share] = self._base.options(num_gpus=share)
-        return task.remote(spec, keeper)
+        return task.remote(spec, keeper, *self._extra)
 
-    def take(self, refs: Iterable[Any], tokens: Dict[str, Any], soon: bool
-             ) -> List[Tuple[Any, Item]]:
+    def take(self, tokens: Dict[str, Any], soon: bool) -> List[Tuple[Any, Item]]:
+        """(ref, item) for what the tasks said since the last call, their ends
+        included. `tokens`: each running task's token -> its ref."""
+        raise NotImplementedError
+
+    def forget(self, token: str) -> None:
+        """Nothing more of the task `token` is wanted (it ended, or the pump
+        gave up on it)."""
+
+    def close(self) -> None:
+        pass
+
+
+class StreamFeed(Feed):
+    """Each task a streaming generator; its stream is its ref."""
+
+    def __init__(self, ray: Any) -> None:
+        super().__init__(ray, ray.remote(
+            num_returns="streaming", num_cpus=0, max_retries=0, max_calls=0,
+            _generator_backpressure_num_objects=HOLD)(cluster_node.run_job))
+
+    def take(self, tokens: Dict[str, Any], soon: bool) -> List[Tuple[Any, Item]]:
         """(ref, item) for the next item of each stream that has one, waiting
-        up to `WAIT` (or `SOON`) for the first."""
+        up to `WAIT` (or `SOON`) for the first. `tokens`: each task's token ->
+        its ref."""
         ray = self._ray
-        refs = list(refs)
+        refs = list(tokens.values())
         ready, rest = ray.wait(refs, num_returns=1, timeout=SOON if soon else WAIT)
         if not ready:
             return []
@@ -98,19 +122,15 @@ class StreamFeed:
             taken.append((ref, item))
         return taken
 
-    def forget(self, token: str) -> None:
-        pass  # a stream is the task's own: nothing of it outlives its ref
-
-    def close(self) -> None:
-        pass
 
 
-class MailboxFeed:
+class MailboxFeed(Feed):
     """Each task a plain one that posts to the run's mailbox; its result ref
     is its ref."""
 
+    tick = TICK
+
     def __init__(self, ray: Any, head: Optional[str] = None) -> None:
-        self._ray = ray
         options: Dict[str, Any] = {}
         if head is not None:
             # On the head, where the Ray Client server (the driver) is: a node
@@ -124,24 +144,16 @@ class MailboxFeed:
         # held back by a full mailbox, so up to one per slot of the cluster.
         self._mailbox = ray.remote(cluster_client.Mailbox).options(
             num_cpus=0, max_restarts=0, max_concurrency=100000, **options).remote(HOLD)
-        self._base = ray.remote(num_cpus=0, max_retries=0, max_calls=0)(cluster_client.post_job)
-        self._by_share: Dict[float, Any] = {}
+        super().__init__(ray, ray.remote(num_cpus=0, max_retries=0, max_calls=0)(
+            cluster_client.post_job), self._mailbox)
         #: items of a task whose ref the pump did not know yet (it is submitted
         #: on the engine's thread, and may post before the pump hears of it)
         self._held: Dict[str, List[Item]] = {}
         #: token -> when its task's end was given (or it was forgotten): what
         #: it still posts (a post on its way as Ray cancelled it) is dropped
         self._over: Dict[str, float] = {}
-        self.tick = TICK
 
-    def submit(self, share: float, spec: Dict[str, Any], keeper: Any) -> Any:
-        task = self._by_share.get(share)
-        if task is None:
-            task = self._by_share[share] = self._base.options(num_gpus=share)
-        return task.remote(spec, keeper, self._mailbox)
-
-    def take(self, refs: Iterable[Any], tokens: Dict[str, Any], soon: bool
-             ) -> List[Tuple[Any, Item]]:
+    def take(self, tokens: Dict[str, Any], soon: bool) -> List[Tuple[Any, Item]]:
         """(ref, item) for every item posted since the last call, waiting up
         to `WAIT` for the first (not at all if some were held for a task the
         pump knows now); then (ref, end) for each task that ended. `tokens`:
@@ -149,7 +161,7 @@ class MailboxFeed:
         ray = self._ray
         held = any(token in tokens for token in self._held)
         posted = ray.get(self._mailbox.take.remote(0 if held else WAIT))
-        refs = list(refs)
+        refs = list(tokens.values())
         ended: List[Any] = []
         if refs:
             ended, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -174,8 +186,6 @@ class MailboxFeed:
         return taken
 
     def forget(self, token: str) -> None:
-        """Nothing more of the task `token` is wanted (it ended, or the pump
-        gave up on it)."""
         now = time.monotonic()
         self._held.pop(token, None)
         self._over[token] = now

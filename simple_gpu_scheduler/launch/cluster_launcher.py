@@ -37,7 +37,7 @@ from ..errors import LaunchError
 from ..model.jobs import FailedToStart, Killed, Lost, outcome_from_returncode
 from ..report.console import write_fd
 from . import cluster_feed, cluster_node
-from .cluster import _why
+from .cluster import why_of
 from .local import job_environment
 
 TYPE_CHECKING = False  # `typing` costs start-up time; only checkers need it
@@ -138,8 +138,9 @@ class ClusterLauncher:
         # GPU task is a new worker process each time (about 0.5 s a job): they
         # reuse workers; nothing a job does stays in the worker, it runs in
         # the keeper's process tree.
-        self._feed: Any = (cluster_feed.MailboxFeed(ray, cluster.head) if cluster.client
-                           else cluster_feed.StreamFeed(ray))
+        self._feed: cluster_feed.Feed = (
+            cluster_feed.MailboxFeed(ray, cluster.head) if cluster.client
+            else cluster_feed.StreamFeed(ray))
         self._agent = ray.remote(cluster_node.Agent)
 
     # --- the Launcher protocol ------------------------------------------------
@@ -182,7 +183,7 @@ class ClusterLauncher:
         try:
             ref = self._feed.submit(share, spec, self._keeper)
         except Exception as exc:  # the cluster went away under us
-            raise LaunchError(f"Ray did not take the task: {_why(exc)}") from None
+            raise LaunchError(f"Ray did not take the task: {why_of(exc)}") from None
         execution = ClusterExecution(self, job, token, ref)
         with self._lock:
             self._live[ref] = execution
@@ -276,19 +277,19 @@ class ClusterLauncher:
                     self._wake.clear()
                     continue
                 posts: List[Tuple[Any, ...]] = []
-                for ref, item in self._feed.take(tokens.values(), tokens, soon):
+                for ref, item in self._feed.take(tokens, soon):
                     if ref not in self._live:
                         continue  # dropped (its output could not be handled)
                     try:
                         self._take(ref, item, posts)
                     except Exception as exc:  # ours, about one job: that attempt fails
-                        self._drop(ref, f"its output could not be handled: {_why(exc)}",
+                        self._drop(ref, f"its output could not be handled: {why_of(exc)}",
                                    posts)
                 if posts:
                     self._post(posts)
         except Exception as exc:  # Ray's own calls fail: the cluster is gone for us
             if not self._closing:
-                self._dead = f"the Ray cluster went away: {_why(exc)}"
+                self._dead = f"the Ray cluster went away: {why_of(exc)}"
                 posts = []
                 with self._lock:
                     refs = list(self._live)
@@ -432,7 +433,7 @@ class ClusterLauncher:
             return Lost("Ray lost the task")
         # A task's own error says "ray::run_job() (pid=...)" first: its cause
         # is what explains.
-        return Lost(f"Ray: {_why(getattr(exc, 'cause', None) or exc)}")
+        return Lost(f"Ray: {why_of(getattr(exc, 'cause', None) or exc)}")
 
     # --- on the engine's thread -----------------------------------------------
 

@@ -22,7 +22,7 @@ import pytest
 from harness import live_pids, poll_until, unique_sleep
 
 from simple_gpu_scheduler.launch import cluster_client, cluster_feed, cluster_launcher
-from simple_gpu_scheduler.launch.cluster import _why
+from simple_gpu_scheduler.launch.cluster import why_of
 
 T = TypeVar("T")
 
@@ -193,7 +193,7 @@ def test_when_the_mailbox_is_gone_the_job_s_whole_tree_ends(fake: fake_ray.FakeR
     ("", "ConnectionError"),
 ])
 def test_why_is_the_line_that_says_why(text: str, why: Optional[str]) -> None:
-    assert _why(ConnectionError(text)) == why
+    assert why_of(ConnectionError(text)) == why
 
 
 # --- the driver's side: cluster_feed.MailboxFeed over the fake -------------------------------
@@ -220,7 +220,7 @@ def test_the_feed_gives_a_task_s_items_then_its_end(fake: fake_ray.FakeRay) -> N
     taken: List[Tuple[Any, Tuple[Any, ...]]] = []
     deadline = time.monotonic() + 10
     while not any(item[0] == "gone" for _, item in taken) and time.monotonic() < deadline:
-        taken += feed.take([ref], {"t1": ref}, False)
+        taken += feed.take({"t1": ref}, False)
     assert [item for _, item in taken] == [("out", b"a"), ("cleared",), ("gone",)]
     assert all(r is ref for r, _ in taken)
 
@@ -230,19 +230,19 @@ def test_items_held_for_a_task_not_known_yet_come_at_once_when_it_is(
     feed = cluster_feed.MailboxFeed(fake.module)
     fake.module.get(feed._mailbox.put.remote("t1", ("started",)))
     # The pump took its snapshot of the tasks before this one was submitted.
-    assert feed.take([], {}, False) == []
+    assert feed.take({}, False) == []
     ref = running()
     started = time.monotonic()
-    assert feed.take([ref], {"t1": ref}, False) == [(ref, ("started",))]
+    assert feed.take({"t1": ref}, False) == [(ref, ("started",))]
     assert time.monotonic() - started < cluster_feed.WAIT / 2  # no wait for more first
 
 
 def test_what_a_forgotten_task_still_posts_is_dropped(fake: fake_ray.FakeRay) -> None:
     feed = cluster_feed.MailboxFeed(fake.module)
     fake.module.get(feed._mailbox.put.remote("t1", ("out", b"early")))
-    feed.take([], {}, False)  # held: t1 not known yet
+    feed.take({}, False)  # held: t1 not known yet
     feed.forget("t1")  # e.g. given up on, and cancelled
     fake.module.get(feed._mailbox.put.remote("t1", ("out", b"late")))
     ref = running()
-    assert feed.take([ref], {"t1": ref}, False) == []
+    assert feed.take({"t1": ref}, False) == []
     assert feed._held == {}
